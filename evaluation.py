@@ -34,6 +34,8 @@ def mean_and_standard_error(values):
 
 def summarize_negative_elbo(reconstruction, kl):
     """Mean and standard error of the negative ELBO and of its two terms, as a flat dict."""
+    reconstruction = np.asarray(reconstruction, dtype=np.float64)
+    kl = np.asarray(kl, dtype=np.float64)
     summary = {}
     for name, values in (("negative_elbo", reconstruction + kl),
                          ("reconstruction", reconstruction), ("kl", kl)):

@@ -1,0 +1,32 @@
+import pytest
+
+from configurator import ConfigError, parse_overrides
+
+DEFAULTS = {"epochs": 10, "learning_rate": 1e-3, "optimizer": "rmsprop", "overwrite": False,
+            "data_path": None, "train_subset": None}
+NONE_TYPES = {"data_path": str, "train_subset": int}
+
+
+def test_overrides_are_parsed_to_the_defaults_types():
+    config = parse_overrides(DEFAULTS, ["--epochs=3", "--learning_rate=5e-4", "--optimizer=adam",
+                                        "--overwrite=True", "--data_path=a.npz",
+                                        "--train_subset=100"], NONE_TYPES)
+    assert config == {"epochs": 3, "learning_rate": 5e-4, "optimizer": "adam", "overwrite": True,
+                      "data_path": "a.npz", "train_subset": 100}
+    assert parse_overrides(DEFAULTS, [], NONE_TYPES) == DEFAULTS
+    assert parse_overrides(DEFAULTS, ["--train_subset=None"], NONE_TYPES)["train_subset"] is None
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--epoch=3"], "Unknown hyperparameter 'epoch'"),
+    (["--epochs=three"], "expected an integer"),
+    (["--epochs=2.5"], "expected an integer"),
+    (["--learning_rate=fast"], "expected a finite number"),
+    (["--learning_rate=nan"], "expected a finite number"),
+    (["--overwrite=yes"], "True or False"),
+    (["--train_subset=many"], "an integer or None"),
+    (["epochs=3"], "--key=value"),
+])
+def test_bad_overrides_are_refused(argv, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_overrides(DEFAULTS, argv, NONE_TYPES)

@@ -1,0 +1,111 @@
+"""train.py end to end, as a user runs it, and one learning check on real MNIST."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT
+
+
+def run_train(*arguments, cwd=ROOT):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *arguments],
+                          cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def test_one_epoch_on_a_small_file_writes_the_whole_run(tmp_path, fake_mnist_path):
+    out_dir = tmp_path / "run"
+    result = run_train(f"--data_path={fake_mnist_path}", f"--out_dir={out_dir}", "--epochs=1",
+                       "--batch_size=32", "--train_subset=100", "--warmup_steps=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "13,044,613" in result.stdout  # the summary is printed
+    assert "Test negative ELBO" in result.stdout
+
+    config = json.loads((out_dir / "config.json").read_text())
+    assert config["epochs"] == 1 and config["batch_size"] == 32 and config["train_subset"] == 100
+    assert config["data_path"] == fake_mnist_path and config["latent_dim"] == 2
+    assert config["optimizer"] == "rmsprop" and config["seed"] == 0
+    assert {"keras", "tensorflow"} <= set(config["versions"])
+
+    with open(out_dir / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1
+    row = {key: float(value) for key, value in rows[0].items()}
+    for key in ("loss", "reconstruction_loss", "kl_loss", "val_loss", "val_reconstruction_loss",
+                "val_kl_loss", "epoch_seconds"):
+        assert np.isfinite(row[key]) and row[key] >= 0, key
+    assert row["loss"] == pytest.approx(row["reconstruction_loss"] + row["kl_loss"], rel=1e-5)
+
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert metrics["test_negative_elbo"] == pytest.approx(
+        metrics["test_reconstruction"] + metrics["test_kl"], rel=1e-9)
+    assert 0 < metrics["test_negative_elbo_stderr"] < metrics["test_negative_elbo"]
+    # The fake test set holds uniform noise: about 784 * (1/2 log 2 + 1/2) nats per image is the
+    # best a model can do, and an untrained decoder cannot beat it.
+    assert 500 < metrics["test_negative_elbo"] < 2000
+
+    with Image.open(out_dir / "reconstructions.png") as png:
+        assert png.format == "PNG" and png.size[0] > 1000
+    assert (out_dir / "snapshots" / "epoch_001.png").exists()
+    assert (out_dir / "training.gif").exists()
+    assert not (out_dir / "backup").exists()  # BackupAndRestore cleans up after a finished run
+
+    # The saved weights rebuild the same model.
+    from cvae import build_cvae
+    from data import load_mnist
+
+    model = build_cvae(latent_dim=2)
+    model.load_weights(str(out_dir / "cvae.weights.h5"))
+    (_, _), (x_test, _) = load_mnist(fake_mnist_path)
+    reconstructions = model.predict(x_test[:5], verbose=0)
+    assert reconstructions.shape == (5, 28, 28, 1) and np.isfinite(reconstructions).all()
+    leftovers = [name for name in os.listdir(out_dir) if name.endswith(".tmp")]
+    assert not leftovers
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--epochs=0"], "epochs must be at least 1"),
+    (["--learning_rate=-1"], "learning_rate must be positive"),
+    (["--optimizer=adamw"], "optimizer must be one of"),
+    (["--epoch=2"], "Unknown hyperparameter 'epoch'"),
+    (["--batch_size=big"], "expected an integer"),
+    (["--data_path=/no/such/mnist.npz"], "does not exist"),
+])
+def test_bad_input_is_refused_in_one_message(tmp_path, arguments, message):
+    result = run_train(*arguments, f"--out_dir={tmp_path / 'run'}")
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_a_subset_larger_than_the_data_is_refused(tmp_path, fake_mnist_path):
+    result = run_train(f"--data_path={fake_mnist_path}", "--train_subset=1000",
+                       f"--out_dir={tmp_path / 'run'}")
+    assert result.returncode == 2 and "more than the 120 training images" in result.stderr
+
+
+def test_short_training_on_real_mnist_learns(real_mnist_path):
+    import keras
+
+    from cvae import build_cvae
+    from data import load_mnist
+    from evaluation import per_image_negative_elbo
+    from optimization import make_optimizer
+
+    (x_train, _), (x_test, _) = load_mnist(real_mnist_path)
+    x_train, x_test = x_train[:3200], x_test[:1000]
+    keras.utils.set_random_seed(0)
+    model = build_cvae(latent_dim=2, seed=0)
+    untrained = sum(per_image_negative_elbo(model, x_test)).mean()
+    model.compile(optimizer=make_optimizer("rmsprop", 1e-3, total_steps=50, warmup_steps=10))
+    model.fit(x_train, batch_size=64, epochs=1, verbose=0)
+    trained = sum(per_image_negative_elbo(model, x_test)).mean()
+    # Untrained: about 543 nats (every pixel near 1/2). 50 steps bring it near 200.
+    assert untrained > 500
+    assert trained < 0.55 * untrained, (untrained, trained)
