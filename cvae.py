@@ -21,25 +21,35 @@ IMAGE_SHAPE = (28, 28, 1)
 PROBABILITY_EPSILON = 1e-7
 
 
+def reconstruction_nats(x, x_decoded):
+    """-log p(x|z) under independent Bernoulli pixels: binary cross-entropy summed over every
+    pixel of each image, shaped (batch,). x and x_decoded are (batch, *image_shape) in [0, 1]."""
+    # The loss is always computed in float32, also when the layers run in a 16-bit policy.
+    x = ops.cast(x, "float32")
+    p = ops.clip(ops.cast(x_decoded, "float32"), PROBABILITY_EPSILON, 1.0 - PROBABILITY_EPSILON)
+    pixel_bce = -(x * ops.log(p) + (1.0 - x) * ops.log(1.0 - p))
+    # Sum over every axis but the batch: the image size is never written by hand.
+    return ops.sum(ops.reshape(pixel_bce, (ops.shape(pixel_bce)[0], -1)), axis=1)
+
+
+def kl_to_standard_normal(z_mean, z_log_var):
+    """KL(N(z_mean, exp(z_log_var)) || N(0, I)) per image, shaped (batch,).
+
+    Per dimension -1/2 (1 + log sigma^2 - mu^2 - sigma^2): Kingma & Welling (2013), Appendix B.
+    Summed, not averaged, over the latent dimensions.
+    """
+    z_mean = ops.cast(z_mean, "float32")
+    z_log_var = ops.cast(z_log_var, "float32")
+    return -0.5 * ops.sum(1.0 + z_log_var - ops.square(z_mean) - ops.exp(z_log_var), axis=1)
+
+
 def negative_elbo_terms(x, x_decoded, z_mean, z_log_var):
     """Per-image reconstruction loss and KL term, both in nats, each shaped (batch,).
 
     x, x_decoded: (batch, *image_shape), pixel intensities and Bernoulli means in [0, 1].
     z_mean, z_log_var: (batch, latent_dim), the encoder's Gaussian.
     """
-    # The loss is always computed in float32, also when the layers run in a 16-bit policy.
-    x = ops.cast(x, "float32")
-    p = ops.clip(ops.cast(x_decoded, "float32"), PROBABILITY_EPSILON, 1.0 - PROBABILITY_EPSILON)
-    z_mean = ops.cast(z_mean, "float32")
-    z_log_var = ops.cast(z_log_var, "float32")
-
-    pixel_bce = -(x * ops.log(p) + (1.0 - x) * ops.log(1.0 - p))
-    # Sum over every axis but the batch: the image size is never written by hand.
-    reconstruction = ops.sum(ops.reshape(pixel_bce, (ops.shape(pixel_bce)[0], -1)), axis=1)
-    # KL(N(mu, sigma^2) || N(0, 1)) = -1/2 (1 + log sigma^2 - mu^2 - sigma^2), per dimension;
-    # Kingma & Welling (2013), Appendix B. Summed, not averaged, over the latent dimensions.
-    kl = -0.5 * ops.sum(1.0 + z_log_var - ops.square(z_mean) - ops.exp(z_log_var), axis=1)
-    return reconstruction, kl
+    return reconstruction_nats(x, x_decoded), kl_to_standard_normal(z_mean, z_log_var)
 
 
 class Sampling(layers.Layer):

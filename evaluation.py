@@ -1,30 +1,61 @@
-"""Honest test-set numbers: the per-image negative ELBO and its summary, in nats.
+"""Honest test-set numbers, in nats: ELBO, importance-weighted log-likelihood, latent activity,
+anomaly-detection AUROC.
 
-Everything runs in large batches through the encoder and decoder (no per-image predict calls).
+Everything runs in large batches through the encoder and decoder (no per-image predict calls);
+the model math uses keras.ops, the bookkeeping NumPy in float64.
 """
+
+import math
 
 import numpy as np
 from keras import ops
 
-from cvae import negative_elbo_terms
+from cvae import kl_to_standard_normal, reconstruction_nats
 
 EVAL_BATCH_SIZE = 500
+LOG_2PI = math.log(2.0 * math.pi)
+# Burda et al. (2015) count a latent unit as active when the variance over the data of its
+# posterior mean exceeds 0.01.
+ACTIVE_UNIT_THRESHOLD = 0.01
 
 
-def per_image_negative_elbo(model, x, batch_size=EVAL_BATCH_SIZE):
-    """(reconstruction, kl) per image, each (N,), from one z sample per image, in nats.
-
-    The sum of the two is a single-sample, unbiased estimate of each image's negative ELBO.
-    """
-    reconstruction, kl = [], []
+def encode(model, x, batch_size=EVAL_BATCH_SIZE):
+    """z_mean and z_log_var of every image, as NumPy arrays (N, latent_dim)."""
+    means, log_vars = [], []
     for start in range(0, len(x), batch_size):
-        batch = x[start:start + batch_size]
-        outputs = model(batch, training=False)
-        rec, k = negative_elbo_terms(batch, outputs["reconstruction"], outputs["z_mean"],
-                                     outputs["z_log_var"])
-        reconstruction.append(ops.convert_to_numpy(rec))
-        kl.append(ops.convert_to_numpy(k))
-    return np.concatenate(reconstruction), np.concatenate(kl)
+        z_mean, z_log_var = model.encoder(x[start:start + batch_size], training=False)
+        means.append(ops.convert_to_numpy(z_mean))
+        log_vars.append(ops.convert_to_numpy(z_log_var))
+    return np.concatenate(means), np.concatenate(log_vars)
+
+
+def decode(model, z, batch_size=EVAL_BATCH_SIZE):
+    """Bernoulli means of the images decoded from z (N, latent_dim), as a NumPy array."""
+    return np.concatenate([ops.convert_to_numpy(model.decoder(z[start:start + batch_size],
+                                                              training=False))
+                           for start in range(0, len(z), batch_size)])
+
+
+def elbo_from_encoding(model, x, z_mean, z_log_var, rng, batch_size=EVAL_BATCH_SIZE):
+    """(reconstruction, kl) per image, each (N,), in nats, given the encoder's outputs.
+
+    One z ~ q(z|x) per image, so reconstruction + kl is a single-sample, unbiased estimate of
+    each image's negative ELBO; the KL term is exact.
+    """
+    z = z_mean + np.exp(0.5 * z_log_var) * rng.standard_normal(z_mean.shape)
+    decoded = decode(model, z.astype("float32"), batch_size)
+    reconstruction = np.concatenate([
+        ops.convert_to_numpy(reconstruction_nats(x[start:start + batch_size],
+                                                 decoded[start:start + batch_size]))
+        for start in range(0, len(x), batch_size)])
+    return reconstruction, ops.convert_to_numpy(kl_to_standard_normal(z_mean, z_log_var))
+
+
+def per_image_negative_elbo(model, x, seed=0, batch_size=EVAL_BATCH_SIZE):
+    """(reconstruction, kl) per image, each (N,), in nats: see elbo_from_encoding."""
+    z_mean, z_log_var = encode(model, x, batch_size)
+    return elbo_from_encoding(model, x, z_mean, z_log_var, np.random.default_rng(seed),
+                              batch_size)
 
 
 def mean_and_standard_error(values):
@@ -32,7 +63,7 @@ def mean_and_standard_error(values):
     return float(values.mean()), float(values.std(ddof=1) / np.sqrt(len(values)))
 
 
-def summarize_negative_elbo(reconstruction, kl):
+def summarize_negative_elbo(reconstruction, kl, prefix="test_"):
     """Mean and standard error of the negative ELBO and of its two terms, as a flat dict."""
     reconstruction = np.asarray(reconstruction, dtype=np.float64)
     kl = np.asarray(kl, dtype=np.float64)
@@ -40,6 +71,84 @@ def summarize_negative_elbo(reconstruction, kl):
     for name, values in (("negative_elbo", reconstruction + kl),
                          ("reconstruction", reconstruction), ("kl", kl)):
         mean, standard_error = mean_and_standard_error(values)
-        summary[f"test_{name}"] = mean
-        summary[f"test_{name}_stderr"] = standard_error
+        summary[f"{prefix}{name}"] = mean
+        summary[f"{prefix}{name}_stderr"] = standard_error
     return summary
+
+
+def importance_log_weights(model, x, num_samples, seed=0, batch_size=EVAL_BATCH_SIZE):
+    """log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x) for K samples z_k ~ q(z|x): (N, K).
+
+    Burda, Grosse & Salakhutdinov (2015), "Importance Weighted Autoencoders", eq. 8:
+    log p(x) >= E[log (1/K) sum_k w_k], a bound that tightens as K grows.
+    """
+    rng = np.random.default_rng(seed)
+    z_mean, z_log_var = encode(model, x, batch_size)
+    images_per_chunk = max(1, batch_size // num_samples)
+    log_weights = np.empty((len(x), num_samples))
+    for start in range(0, len(x), images_per_chunk):
+        stop = min(start + images_per_chunk, len(x))
+        mean, log_var = z_mean[start:stop, None, :], z_log_var[start:stop, None, :]
+        epsilon = rng.standard_normal((stop - start, num_samples, z_mean.shape[1]))
+        z = mean + np.exp(0.5 * log_var) * epsilon  # (images, K, latent_dim)
+        decoded = decode(model, z.reshape(-1, z.shape[-1]).astype("float32"), batch_size)
+        images = np.repeat(x[start:stop], num_samples, axis=0)
+        log_p_x_given_z = -ops.convert_to_numpy(reconstruction_nats(images, decoded)).reshape(
+            stop - start, num_samples)
+        log_p_z = -0.5 * np.sum(z**2 + LOG_2PI, axis=-1)
+        log_q_z = -0.5 * np.sum(epsilon**2 + log_var + LOG_2PI, axis=-1)
+        log_weights[start:stop] = log_p_x_given_z + log_p_z - log_q_z
+    return log_weights
+
+
+def importance_weighted_bound(log_weights, k):
+    """Per-image log (1/k) sum_{j<=k} w_j from the first k columns of log_weights, in nats."""
+    columns = np.asarray(log_weights[:, :k], dtype=np.float64)
+    peak = columns.max(axis=1, keepdims=True)
+    return (peak[:, 0] + np.log(np.mean(np.exp(columns - peak), axis=1)))
+
+
+def latent_activity(z_mean, z_log_var):
+    """Per-dimension variance of the posterior mean, active-unit count, and per-dimension KL."""
+    activity = np.var(np.asarray(z_mean, dtype=np.float64), axis=0)
+    kl_per_dimension = np.mean(
+        -0.5 * (1.0 + z_log_var - np.square(z_mean) - np.exp(z_log_var)), axis=0)
+    return {
+        "latent_activity": activity.tolist(),
+        "active_units": int(np.sum(activity > ACTIVE_UNIT_THRESHOLD)),
+        "kl_per_dimension": kl_per_dimension.tolist(),
+    }
+
+
+def auroc(scores, is_positive):
+    """Area under the ROC curve: the chance that a random positive outscores a random negative
+    (ties count one half), from the Mann-Whitney U statistic with average ranks for ties."""
+    scores = np.asarray(scores, dtype=np.float64)
+    is_positive = np.asarray(is_positive, dtype=bool)
+    n_positive, n_negative = int(is_positive.sum()), int((~is_positive).sum())
+    if n_positive == 0 or n_negative == 0:
+        raise ValueError("AUROC needs at least one positive and one negative example.")
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    ranks = np.empty(len(scores))
+    # Average rank (1-based) over each run of tied scores.
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    for start, count in zip(first, counts):
+        ranks[order[start:start + count]] = start + (count + 1) / 2.0
+    u = ranks[is_positive].sum() - n_positive * (n_positive + 1) / 2.0
+    return float(u / (n_positive * n_negative))
+
+
+def roc_curve(scores, is_positive):
+    """False- and true-positive rates at every distinct threshold, from (0, 0) to (1, 1)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    is_positive = np.asarray(is_positive, dtype=bool)
+    order = np.argsort(-scores, kind="mergesort")
+    scores, is_positive = scores[order], is_positive[order]
+    # The last index of each run of equal scores: a threshold admits whole runs only.
+    ends = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
+    true_positives = np.cumsum(is_positive)[ends]
+    false_positives = (ends + 1) - true_positives
+    tpr = np.r_[0.0, true_positives / max(is_positive.sum(), 1)]
+    fpr = np.r_[0.0, false_positives / max((~is_positive).sum(), 1)]
+    return fpr, tpr

@@ -19,13 +19,11 @@ epoch to epoch (the optimizer noise floor); letting the rate fall to a small fra
 over the run lets the final epochs settle into a minimum instead of bouncing around it.
 """
 
-import keras
+# Keras is imported inside the functions, so that train.py can check an optimizer's name against
+# these lists without waiting for TensorFlow to load.
 
-OPTIMIZERS = {
-    "rmsprop": keras.optimizers.RMSprop,  # the article's choice and our default
-    "adam": keras.optimizers.Adam,
-    "sgd": keras.optimizers.SGD,
-}
+# Keras optimizer classes by the names train.py accepts; rmsprop is the article's and our default.
+OPTIMIZERS = {"rmsprop": "RMSprop", "adam": "Adam", "sgd": "SGD"}
 LR_SCHEDULES = ("cosine", "constant")
 # The cosine decay ends at this fraction of the peak learning rate, not at zero, so the last
 # steps still learn.
@@ -34,6 +32,8 @@ FINAL_LR_FRACTION = 0.01
 
 def learning_rate_schedule(learning_rate, total_steps, warmup_steps=500, schedule="cosine"):
     """Linear warm-up from 0 to learning_rate over warmup_steps, then cosine decay or constant."""
+    import keras
+
     warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
     if schedule == "cosine":
         return keras.optimizers.schedules.CosineDecay(
@@ -55,7 +55,9 @@ def learning_rate_schedule(learning_rate, total_steps, warmup_steps=500, schedul
 
 def make_optimizer(name, learning_rate, total_steps, warmup_steps=500, schedule="cosine"):
     """The named Keras optimizer, with its default settings but for the learning rate."""
+    import keras
+
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, not {name!r}.")
     lr = learning_rate_schedule(learning_rate, total_steps, warmup_steps, schedule)
-    return OPTIMIZERS[name](learning_rate=lr)
+    return getattr(keras.optimizers, OPTIMIZERS[name])(learning_rate=lr)

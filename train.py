@@ -14,8 +14,10 @@ _names_before_hyperparameters = set(globals())
 # data
 data_path = None  # a local mnist.npz (keys x_train y_train x_test y_test); None = download via Keras
 train_subset = None  # train on the first N training images only; None = all 60,000
+holdout_digit = None  # 0-9: leave this digit out of training, to measure anomaly detection
 # model
 latent_dim = 2  # size of z; the article uses 2, which makes the latent space plottable
+precision = "float32"  # float32 | mixed_bfloat16 (CPUs with bf16) | mixed_float16 (GPUs)
 # optimizer
 optimizer = "rmsprop"  # rmsprop (the article's) | adam | sgd
 learning_rate = 1e-3  # peak learning rate, reached after the warm-up
@@ -26,13 +28,14 @@ batch_size = 64  # images per step
 seed = 0  # seeds weights, shuffling, sampling and the digits shown in the figures
 # output
 out_dir = "outputs"  # everything the run writes goes here
-overwrite = False  # True: allow replacing a finished run of a different configuration in out_dir
+overwrite = False  # True: discard whatever run out_dir holds and train from scratch
 # ----------------------------------------------------------------------------------------------
 HYPERPARAMETERS = {name: value for name, value in globals().items()
                    if name not in _names_before_hyperparameters
                    and name != "_names_before_hyperparameters"}
 # The type a value must have where the default is None.
-TYPES_OF_NONE_DEFAULTS = {"data_path": str, "train_subset": int}
+TYPES_OF_NONE_DEFAULTS = {"data_path": str, "train_subset": int, "holdout_digit": int}
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 
 def read_config(argv):
@@ -49,7 +52,11 @@ def read_config(argv):
             f"warmup_steps must be 0 or more, not {config['warmup_steps']}.")
     require(config["train_subset"] is None or config["train_subset"] > 0,
             f"train_subset must be None or at least 1, not {config['train_subset']}.")
-    from optimization import LR_SCHEDULES, OPTIMIZERS
+    require(config["holdout_digit"] is None or 0 <= config["holdout_digit"] <= 9,
+            f"holdout_digit must be None or a digit 0-9, not {config['holdout_digit']}.")
+    require(config["precision"] in PRECISIONS,
+            f"precision must be one of {', '.join(PRECISIONS)}, not {config['precision']!r}.")
+    from optimization import LR_SCHEDULES, OPTIMIZERS  # plain lists; no Keras loaded yet
 
     require(config["optimizer"] in OPTIMIZERS,
             f"optimizer must be one of {', '.join(sorted(OPTIMIZERS))}, not "
@@ -72,28 +79,34 @@ def main(argv):
     import numpy as np
 
     import run_files
-    from callbacks import EpochSnapshots, EpochTimer
+    from callbacks import (AtomicBackupAndRestore, DivergenceGuard, EpochSnapshots, EpochTimer,
+                           HistoryCSV, TrainingDiverged)
+    from configurator import require
     from cvae import IMAGE_SHAPE, build_cvae
     from data import get_images_1_to_10, load_mnist
-    from evaluation import per_image_negative_elbo, summarize_negative_elbo
+    from evaluate import evaluate_run
     from optimization import make_optimizer
     from plotting import plot_reconstructions, save_gif
 
     out_dir = config["out_dir"]
-    prepare_out_dir(out_dir, config)
+    path = lambda name: os.path.join(out_dir, name)  # noqa: E731
+    if not prepare_out_dir(out_dir, config):
+        return 0
 
     # data
     (x_train, y_train), (x_test, y_test) = load_mnist(config["data_path"])
+    if config["holdout_digit"] is not None:
+        # Anomaly-detection experiment: the model never sees this digit in training.
+        x_train = x_train[y_train != config["holdout_digit"]]
     if config["train_subset"] is not None:
-        from configurator import require
-
         require(config["train_subset"] <= len(x_train),
                 f"train_subset={config['train_subset']} is more than the {len(x_train)} "
-                f"training images.")
+                f"training images available.")
         x_train = x_train[: config["train_subset"]]
-    print(f"MNIST: {len(x_train)} training and {len(x_test)} test images, {IMAGE_SHAPE}.")
+    print(f"MNIST: {len(x_train)} training and {len(x_test)} test images of shape {IMAGE_SHAPE}.")
 
     # model and optimizer
+    keras.mixed_precision.set_dtype_policy(config["precision"])
     keras.utils.set_random_seed(config["seed"])
     model = build_cvae(config["latent_dim"], IMAGE_SHAPE, seed=config["seed"])
     model.encoder.summary()
@@ -103,7 +116,7 @@ def main(argv):
     model.compile(optimizer=make_optimizer(
         config["optimizer"], config["learning_rate"], total_steps=config["epochs"] * steps_per_epoch,
         warmup_steps=config["warmup_steps"], schedule=config["lr_schedule"]))
-    run_files.write_json(os.path.join(out_dir, run_files.CONFIG_FILE), {
+    run_files.write_json(path(run_files.CONFIG_FILE), {
         **config,
         "versions": {"keras": keras.__version__, "tensorflow": _tensorflow_version(),
                      "numpy": np.__version__, "python": sys.version.split()[0]},
@@ -111,69 +124,123 @@ def main(argv):
 
     # train; the test set is only monitored (val_* columns), never used to choose anything
     shown_x, shown_y = get_images_1_to_10(x_test, y_test, seed=config["seed"])
+    backup = AtomicBackupAndRestore(path(run_files.BACKUP_FOLDER), steps_per_epoch)
     callbacks = [
-        # Resumes an interrupted run from its last completed epoch when the command is repeated.
-        keras.callbacks.BackupAndRestore(os.path.join(out_dir, run_files.BACKUP_FOLDER)),
+        DivergenceGuard(),
         EpochTimer(),
-        EpochSnapshots(shown_x, config["latent_dim"],
-                       os.path.join(out_dir, run_files.SNAPSHOT_FOLDER), seed=config["seed"]),
-        keras.callbacks.CSVLogger(os.path.join(out_dir, run_files.HISTORY_FILE), append=True),
+        EpochSnapshots(shown_x, config["latent_dim"], path(run_files.SNAPSHOT_FOLDER),
+                       seed=config["seed"]),
+        # The history is written before the backup: a crash between the two makes the resumed
+        # run repeat (and replace) an epoch's row, never skip one.
+        HistoryCSV(path(run_files.HISTORY_FILE)),
+        # Resumes an interrupted run from its last completed epoch when the command is repeated.
+        backup,
     ]
-    history = model.fit(x_train, batch_size=config["batch_size"], epochs=config["epochs"],
-                        validation_data=(x_test,), callbacks=callbacks, verbose=2
-                        if not sys.stdout.isatty() else "auto")
-    run_files.write_atomically(os.path.join(out_dir, run_files.WEIGHTS_FILE), model.save_weights)
+    try:
+        model.fit(x_train, batch_size=config["batch_size"], epochs=config["epochs"],
+                  validation_data=(x_test,), callbacks=callbacks,
+                  verbose="auto" if sys.stdout.isatty() else 2)
+    except KeyboardInterrupt:
+        save_weights(model, config, path(run_files.WEIGHTS_FILE))
+        plot_reconstructions(shown_x, model.predict(shown_x, verbose=0), shown_y,
+                             path(run_files.RECONSTRUCTIONS_FILE),
+                             title="Test digits and their reconstructions (interrupted run)")
+        done = _completed_epochs(path(run_files.HISTORY_FILE))
+        print(f"\nInterrupted. The current weights are in {path(run_files.WEIGHTS_FILE)} and the "
+              f"reconstructions in {path(run_files.RECONSTRUCTIONS_FILE)}. {done} of "
+              f"{config['epochs']} epochs were completed; run the same command again to resume "
+              f"from there (the partial epoch is repeated).", file=sys.stderr)
+        return 130
+    except TrainingDiverged as error:
+        # The weights now hold NaNs: nothing is saved over the last good state, which stays in
+        # the backup folder (the end of the last completed epoch).
+        kept = (f"The weights of the last completed epoch are kept in "
+                f"{path(run_files.BACKUP_FOLDER)}. " if os.path.exists(
+                    path(run_files.BACKUP_FOLDER)) else "No epoch was completed. ")
+        print(f"error: {error} {kept}To start afresh with new settings, add --overwrite=True.",
+              file=sys.stderr)
+        return 3
+    save_weights(model, config, path(run_files.WEIGHTS_FILE))
 
-    # evaluate on the test set
-    reconstruction, kl = per_image_negative_elbo(model, x_test)
-    metrics = summarize_negative_elbo(reconstruction, kl)
-    epoch_seconds = history.history.get("epoch_seconds", [])
-    metrics["seconds_per_epoch"] = float(np.mean(epoch_seconds)) if epoch_seconds else None
-    run_files.write_json(os.path.join(out_dir, run_files.METRICS_FILE), metrics)
-    print(f"Test negative ELBO: {metrics['test_negative_elbo']:.2f} "
-          f"± {metrics['test_negative_elbo_stderr']:.2f} nats "
-          f"(reconstruction {metrics['test_reconstruction']:.2f} + KL {metrics['test_kl']:.2f})")
-
-    # figures
-    figure = plot_reconstructions(
-        shown_x, model.predict(shown_x, verbose=0), shown_y,
-        os.path.join(out_dir, run_files.RECONSTRUCTIONS_FILE),
-        title="Test digits (top) and their reconstructions from z_mean (bottom)")
-    snapshot_folder = os.path.join(out_dir, run_files.SNAPSHOT_FOLDER)
-    frames = sorted(os.path.join(snapshot_folder, name) for name in os.listdir(snapshot_folder))
-    save_gif(frames, os.path.join(out_dir, "training.gif"))
-    print(f"Saved {figure} and the rest of the run in {out_dir}/")
+    # evaluate on the test set, then the figures
+    evaluate_run(model, config, x_test, y_test, out_dir)
+    frames = sorted(os.listdir(path(run_files.SNAPSHOT_FOLDER)))
+    save_gif([os.path.join(path(run_files.SNAPSHOT_FOLDER), name) for name in frames],
+             path("training.gif"))
+    print(f"Saved the run in {out_dir}/: {run_files.RECONSTRUCTIONS_FILE}, metrics.json, figures.")
     return 0
 
 
+def save_weights(model, config, weights_path):
+    """Save the model's weights alone (no optimizer state), atomically."""
+    import run_files
+    from cvae import IMAGE_SHAPE, build_cvae
+
+    # A fresh, uncompiled copy holds just the model's variables: half the size, and loadable
+    # into a model built from config.json without a word about missing optimizer variables.
+    bare = build_cvae(config["latent_dim"], IMAGE_SHAPE)
+    bare.set_weights(model.get_weights())
+    run_files.write_atomically(weights_path, bare.save_weights)
+
+
+def _completed_epochs(history_path):
+    from callbacks import read_history
+
+    return len(read_history(history_path))
+
+
 def prepare_out_dir(out_dir, config):
-    """Create out_dir, refusing to overwrite a finished run made with other hyperparameters."""
+    """Make out_dir ready; False when it already holds this very run, finished.
+
+    A finished run made with other hyperparameters is refused unless overwrite=True; an
+    unfinished one with the same hyperparameters is resumed by Keras's BackupAndRestore.
+    """
     import os
+    import shutil
 
     import run_files
     from configurator import ConfigError
 
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise ConfigError(f"out_dir {out_dir!r} is a file; name a folder (it will be created).")
+        raise ConfigError(f"out_dir {out_dir!r} is a file, not a folder. Name a folder (it is "
+                          f"created if missing) with --out_dir=...")
     old_config_path = os.path.join(out_dir, run_files.CONFIG_FILE)
     if os.path.exists(old_config_path) and not config["overwrite"]:
-        old = run_files.read_json(old_config_path)
-        old.pop("versions", None)
-        changed = sorted(key for key in config
-                         if key not in ("overwrite", "out_dir") and old.get(key) != config[key])
+        try:
+            old = run_files.read_json(old_config_path)
+        except ValueError:
+            raise ConfigError(f"{old_config_path!r} is not valid JSON, so the run in {out_dir!r} "
+                              f"cannot be checked. Choose another --out_dir, or pass "
+                              f"--overwrite=True to replace it.") from None
+        changed = sorted(key for key in config if key not in ("overwrite", "out_dir")
+                         and old.get(key) != config[key])
         if changed:
             raise ConfigError(
-                f"{out_dir!r} already holds a run with different hyperparameters "
-                f"({', '.join(f'{k}: {old.get(k)!r} -> {config[k]!r}' for k in changed)}). "
-                f"Choose another --out_dir, or pass --overwrite=True to replace it."
+                f"{out_dir!r} already holds a run with other hyperparameters "
+                f"({'; '.join(f'{k}: {old.get(k)!r} there, {config[k]!r} now' for k in changed)})."
+                f" Choose another --out_dir, or pass --overwrite=True to replace that run."
             )
+        finished = (os.path.exists(os.path.join(out_dir, run_files.METRICS_FILE))
+                    and not os.path.exists(os.path.join(out_dir, run_files.BACKUP_FOLDER)))
+        if finished:
+            print(f"{out_dir!r} already holds this run, finished. Nothing to do: look at its "
+                  f"figures, run `python evaluate.py {out_dir}` to evaluate it again, or pass "
+                  f"--overwrite=True to train it again from scratch.")
+            return False
+    elif config["overwrite"]:
+        # Start from scratch: an old backup would otherwise be resumed, old rows kept.
+        for name in (run_files.BACKUP_FOLDER, run_files.SNAPSHOT_FOLDER):
+            shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
+        for name in (run_files.HISTORY_FILE, run_files.METRICS_FILE):
+            if os.path.exists(os.path.join(out_dir, name)):
+                os.remove(os.path.join(out_dir, name))
     try:
         os.makedirs(out_dir, exist_ok=True)
-        probe = run_files.atomic_path(os.path.join(out_dir, "probe"))
-        os.remove(probe)
+        os.remove(run_files.atomic_path(os.path.join(out_dir, "write-test")))
     except OSError as error:
-        raise ConfigError(f"Cannot write into out_dir {out_dir!r}: {error.strerror}. "
-                          f"Choose a folder you can write to.") from None
+        raise ConfigError(f"Cannot write into out_dir {out_dir!r}: {error.strerror}. Choose a "
+                          f"folder you can write to with --out_dir=...") from None
+    return True
 
 
 def _tensorflow_version():

@@ -35,3 +35,24 @@ def real_mnist_path():
     if not os.path.exists(path):
         pytest.skip(f"real MNIST not found at {path}; set MNIST_PATH to run this test")
     return path
+
+
+def run_script(script, *arguments, timeout=600):
+    """Run one of the project's scripts as a user would, from the project root."""
+    import subprocess
+
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *arguments], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory):
+    """One short run of train.py on a small fake MNIST file: (out_dir, data_path, result)."""
+    folder = tmp_path_factory.mktemp("finished_run")
+    data_path = str(folder / "mnist.npz")
+    np.savez(data_path, **fake_mnist_arrays())
+    out_dir = folder / "run"
+    result = run_script("train.py", f"--data_path={data_path}", f"--out_dir={out_dir}",
+                        "--epochs=1", "--batch_size=32", "--train_subset=100", "--warmup_steps=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out_dir, data_path, result

@@ -3,26 +3,20 @@
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT
+from conftest import run_script
 
 
-def run_train(*arguments, cwd=ROOT):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *arguments],
-                          cwd=cwd, capture_output=True, text=True, timeout=600)
+def run_train(*arguments):
+    return run_script("train.py", *arguments)
 
 
-def test_one_epoch_on_a_small_file_writes_the_whole_run(tmp_path, fake_mnist_path):
-    out_dir = tmp_path / "run"
-    result = run_train(f"--data_path={fake_mnist_path}", f"--out_dir={out_dir}", "--epochs=1",
-                       "--batch_size=32", "--train_subset=100", "--warmup_steps=2")
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_one_epoch_on_a_small_file_writes_the_whole_run(finished_run):
+    out_dir, fake_mnist_path, result = finished_run
     assert "13,044,613" in result.stdout  # the summary is printed
     assert "Test negative ELBO" in result.stdout
 
@@ -51,7 +45,19 @@ def test_one_epoch_on_a_small_file_writes_the_whole_run(tmp_path, fake_mnist_pat
 
     with Image.open(out_dir / "reconstructions.png") as png:
         assert png.format == "PNG" and png.size[0] > 1000
+    for figure in ("latent_space", "manifold", "samples", "interpolation", "learning_curves",
+                   "anomalies", "score_histogram"):
+        with Image.open(out_dir / f"{figure}.png") as png:
+            assert png.format == "PNG" and min(png.size) > 200, figure
+    assert not (out_dir / "roc.png").exists()  # only with a held-out digit
     assert (out_dir / "snapshots" / "epoch_001.png").exists()
+    scores = np.load(out_dir / "test_scores.npy")
+    assert scores.shape == (60,)
+    assert scores.mean() == pytest.approx(metrics["test_negative_elbo"], rel=1e-5)
+    iwae = metrics["iwae"]
+    assert iwae["images"] == 60 and iwae["k"] == [1, 8, 64]
+    assert len(metrics["kl_per_dimension"]) == 2 and 0 <= metrics["active_units"] <= 2
+    assert len(metrics["per_epoch"]) == 1
     assert (out_dir / "training.gif").exists()
     assert not (out_dir / "backup").exists()  # BackupAndRestore cleans up after a finished run
 
@@ -95,7 +101,8 @@ def test_short_training_on_real_mnist_learns(real_mnist_path):
 
     from cvae import build_cvae
     from data import load_mnist
-    from evaluation import per_image_negative_elbo
+    from evaluation import (importance_log_weights, importance_weighted_bound,
+                            per_image_negative_elbo)
     from optimization import make_optimizer
 
     (x_train, _), (x_test, _) = load_mnist(real_mnist_path)
@@ -109,3 +116,13 @@ def test_short_training_on_real_mnist_learns(real_mnist_path):
     # Untrained: about 543 nats (every pixel near 1/2). 50 steps bring it near 200.
     assert untrained > 500
     assert trained < 0.55 * untrained, (untrained, trained)
+
+    # The importance-weighted bound (Burda et al. 2015) is at least the ELBO, and rises with K.
+    x = x_test[:200]
+    elbo = -sum(per_image_negative_elbo(model, x, seed=1))
+    log_weights = importance_log_weights(model, x, num_samples=64, seed=2)
+    bounds = [importance_weighted_bound(log_weights, k).mean() for k in (1, 8, 64)]
+    # K=1 is another single-sample estimate of the same ELBO.
+    assert bounds[0] == pytest.approx(elbo.mean(), abs=4 * elbo.std() / np.sqrt(len(x)))
+    assert bounds[0] < bounds[1] < bounds[2]
+    assert bounds[2] > elbo.mean()

@@ -1,0 +1,106 @@
+import itertools
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import run_script
+from evaluate import manifold_grid
+from evaluation import auroc, importance_weighted_bound, latent_activity, roc_curve
+
+
+def brute_force_auroc(scores, is_positive):
+    positives, negatives = scores[is_positive], scores[~is_positive]
+    wins = [1.0 if p > n else 0.5 if p == n else 0.0
+            for p, n in itertools.product(positives, negatives)]
+    return float(np.mean(wins))
+
+
+def test_auroc_on_hand_made_examples():
+    # Of the four (positive, negative) pairs, three are ordered right: 0.75.
+    assert auroc([0.1, 0.4, 0.35, 0.8], [False, False, True, True]) == pytest.approx(0.75)
+    assert auroc([1, 2, 3, 4], [False, False, True, True]) == 1.0
+    assert auroc([1, 2, 3, 4], [True, True, False, False]) == 0.0
+    # A tie between a positive and a negative counts one half.
+    assert auroc([1.0, 1.0, 2.0], [True, False, True]) == pytest.approx(0.75)
+    with pytest.raises(ValueError):
+        auroc([1.0, 2.0], [True, True])
+
+
+def test_auroc_matches_brute_force_and_the_roc_curve_area():
+    rng = np.random.default_rng(0)
+    scores = np.round(rng.normal(size=300), 1)  # rounded: many ties
+    is_positive = rng.random(300) < 0.3
+    scores[is_positive] += 0.5
+    value = auroc(scores, is_positive)
+    assert 0.0 <= value <= 1.0
+    assert value == pytest.approx(brute_force_auroc(scores, is_positive), abs=1e-12)
+    fpr, tpr = roc_curve(scores, is_positive)
+    assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0.0, 0.0, 1.0, 1.0)
+    assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
+    # The trapezoid area under the curve is the AUROC (ties give the diagonal segments).
+    assert np.trapezoid(tpr, fpr) == pytest.approx(value, abs=1e-12)
+
+
+def test_importance_weighted_bound_is_a_log_mean_exp():
+    log_weights = np.log(np.array([[1.0, 3.0, 2.0, 6.0], [5.0, 5.0, 5.0, 5.0]]))
+    np.testing.assert_allclose(importance_weighted_bound(log_weights, 1), np.log([1.0, 5.0]))
+    np.testing.assert_allclose(importance_weighted_bound(log_weights, 2), np.log([2.0, 5.0]))
+    np.testing.assert_allclose(importance_weighted_bound(log_weights, 4), np.log([3.0, 5.0]))
+    # Large log-weights (log p(x) is about -100 nats for MNIST) must not underflow.
+    np.testing.assert_allclose(importance_weighted_bound(log_weights - 1000.0, 4),
+                               np.log([3.0, 5.0]) - 1000.0)
+
+
+def test_latent_activity():
+    z_mean = np.array([[0.0, 1.0], [0.0, -1.0], [0.0, 1.0], [0.0, -1.0]])
+    z_log_var = np.zeros_like(z_mean)
+    result = latent_activity(z_mean, z_log_var)
+    assert result["latent_activity"] == [0.0, 1.0]
+    assert result["active_units"] == 1
+    np.testing.assert_allclose(result["kl_per_dimension"], [0.0, 0.5])
+
+
+def test_manifold_grid():
+    quantiles, grid = manifold_grid(20, latent_dim=4, dims=[2, 0])
+    assert grid.shape == (400, 4)
+    np.testing.assert_allclose(quantiles, -quantiles[::-1], atol=1e-12)  # symmetric
+    assert quantiles[0] == pytest.approx(-1.96, abs=0.01)  # the 2.5% quantile
+    assert np.all(grid[:, [1, 3]] == 0.0)  # the other dimensions stay at the prior's mode
+    assert grid[0, 2] == pytest.approx(quantiles[0]) and grid[0, 0] == pytest.approx(quantiles[-1])
+    assert grid[19, 2] == pytest.approx(quantiles[-1]) and grid[399, 0] == pytest.approx(
+        quantiles[0])
+
+
+def test_evaluate_py_rebuilds_the_run(finished_run, tmp_path):
+    out_dir, _, _ = finished_run
+    run = tmp_path / "copy"
+    shutil.copytree(out_dir, run)
+    (run / "manifold.png").unlink()
+    result = run_script("evaluate.py", str(run), "--iwae_samples=16", "--manifold_size=5")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (run / "manifold.png").exists()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["iwae"]["k"] == [1, 8, 16]
+    original = json.loads((out_dir / "metrics.json").read_text())
+    # The same weights and the same evaluation seed give the same numbers.
+    assert metrics["test_negative_elbo"] == pytest.approx(original["test_negative_elbo"],
+                                                          rel=1e-4)
+
+
+def test_evaluate_py_refuses_weights_of_another_architecture(finished_run, tmp_path):
+    out_dir, _, _ = finished_run
+    run = tmp_path / "copy"
+    shutil.copytree(out_dir, run)
+    config = json.loads((run / "config.json").read_text())
+    config["latent_dim"] = 3
+    (run / "config.json").write_text(json.dumps(config))
+    result = run_script("evaluate.py", str(run))
+    assert result.returncode == 2
+    assert "do not fit the model" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_evaluate_py_on_a_folder_that_is_no_run(tmp_path):
+    result = run_script("evaluate.py", str(tmp_path))
+    assert result.returncode == 2 and "is not a run folder" in result.stderr

@@ -1,0 +1,109 @@
+"""A run survives kill -9 and Ctrl-C, refuses to clobber other runs, and stops on divergence."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from conftest import ROOT, fake_mnist_arrays, run_script
+
+
+def read_epochs(out_dir):
+    path = out_dir / "history.csv"
+    if not path.exists():
+        return []
+    with open(path) as f:
+        return [int(row["epoch"]) for row in csv.DictReader(f)]
+
+
+def start_train(arguments):
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *arguments],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_epochs(process, out_dir, count, timeout=300):
+    """Wait until history.csv holds `count` epochs, then a little into the next one."""
+    deadline = time.time() + timeout
+    while len(read_epochs(out_dir)) < count:
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline, "training did not progress"
+        time.sleep(0.1)
+    time.sleep(1.0)
+    assert process.poll() is None, "the run ended before it could be interrupted"
+
+
+def test_kill_9_then_ctrl_c_then_resume_ends_with_every_epoch(tmp_path):
+    data_path = tmp_path / "mnist.npz"
+    np.savez(data_path, **fake_mnist_arrays(n_train=960, n_test=60))
+    out_dir = tmp_path / "run"
+    arguments = [f"--data_path={data_path}", f"--out_dir={out_dir}", "--epochs=3",
+                 "--batch_size=32", "--warmup_steps=5"]
+
+    # 1. killed without warning during the second epoch
+    process = start_train(arguments)
+    wait_for_epochs(process, out_dir, 1)
+    process.kill()
+    process.wait()
+    assert (out_dir / "backup").is_dir() and not (out_dir / "metrics.json").exists()
+
+    # 2. the same command resumes after epoch 1; Ctrl-C during its third epoch stops it cleanly
+    process = start_train(arguments)
+    wait_for_epochs(process, out_dir, 2)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=300)
+    assert "Resuming" in stdout and "1 epoch(s) already done" in stdout
+    assert process.returncode == 130, stderr[-2000:]
+    assert "run the same command again to resume" in stderr
+    assert "Traceback" not in stderr
+    assert (out_dir / "cvae.weights.h5").exists() and (out_dir / "reconstructions.png").exists()
+
+    # 3. and the same command finishes the run
+    result = run_script("train.py", *arguments)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "2 epoch(s) already done" in result.stdout
+    assert read_epochs(out_dir) == [0, 1, 2]  # no gaps, no repeats
+    assert not (out_dir / "backup").exists()
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert len(metrics["per_epoch"]) == 3
+    assert not [name for name in os.listdir(out_dir) if ".tmp" in name]
+
+    # 4. once finished, the same command has nothing to do and changes nothing
+    before = (out_dir / "cvae.weights.h5").stat().st_mtime_ns
+    result = run_script("train.py", *arguments)
+    assert result.returncode == 0 and "Nothing to do" in result.stdout
+    assert (out_dir / "cvae.weights.h5").stat().st_mtime_ns == before
+
+
+def test_a_run_of_other_hyperparameters_is_not_overwritten(finished_run):
+    out_dir, data_path, _ = finished_run
+    before = (out_dir / "cvae.weights.h5").stat().st_mtime_ns
+    result = run_script("train.py", f"--data_path={data_path}", f"--out_dir={out_dir}",
+                        "--epochs=1", "--batch_size=32", "--train_subset=100", "--warmup_steps=2",
+                        "--latent_dim=3")
+    assert result.returncode == 2
+    assert "latent_dim: 2 there, 3 now" in result.stderr and "--overwrite=True" in result.stderr
+    assert (out_dir / "cvae.weights.h5").stat().st_mtime_ns == before
+
+
+def test_out_dir_that_is_a_file_is_refused(tmp_path, fake_mnist_path):
+    target = tmp_path / "a_file"
+    target.write_text("not a folder")
+    result = run_script("train.py", f"--data_path={fake_mnist_path}", f"--out_dir={target}")
+    assert result.returncode == 2 and "is a file, not a folder" in result.stderr
+    assert target.read_text() == "not a folder"
+
+
+def test_divergence_stops_with_a_message_and_saves_no_nan_weights(tmp_path, fake_mnist_path):
+    out_dir = tmp_path / "run"
+    result = run_script("train.py", f"--data_path={fake_mnist_path}", f"--out_dir={out_dir}",
+                        "--epochs=2", "--batch_size=16", "--warmup_steps=0",
+                        "--learning_rate=1e6", "--lr_schedule=constant")
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert "training diverged" in result.stderr and "epoch 1, batch" in result.stderr
+    assert "--learning_rate" in result.stderr and "Traceback" not in result.stderr
+    assert not (out_dir / "cvae.weights.h5").exists()
