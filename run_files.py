@@ -44,6 +44,15 @@ def write_atomically(final_path, write):
     return final_path
 
 
+def remove_stale_temporaries(folder):
+    """Delete the temporary files of writes that a crash cut short (never read by anything)."""
+    if not os.path.isdir(folder):
+        return
+    for name in os.listdir(folder):
+        if name.startswith(".") and ".tmp" in name:
+            os.remove(os.path.join(folder, name))
+
+
 def _umask():
     mask = os.umask(0)
     os.umask(mask)

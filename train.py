@@ -237,6 +237,8 @@ def prepare_out_dir(out_dir, config):
     try:
         os.makedirs(out_dir, exist_ok=True)
         os.remove(run_files.atomic_path(os.path.join(out_dir, "write-test")))
+        for folder in (out_dir, os.path.join(out_dir, run_files.BACKUP_FOLDER)):
+            run_files.remove_stale_temporaries(folder)
     except OSError as error:
         raise ConfigError(f"Cannot write into out_dir {out_dir!r}: {error.strerror}. Choose a "
                           f"folder you can write to with --out_dir=...") from None

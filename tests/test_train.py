@@ -126,3 +126,34 @@ def test_short_training_on_real_mnist_learns(real_mnist_path):
     assert bounds[0] == pytest.approx(elbo.mean(), abs=4 * elbo.std() / np.sqrt(len(x)))
     assert bounds[0] < bounds[1] < bounds[2]
     assert bounds[2] > elbo.mean()
+
+
+def test_the_same_seed_gives_the_same_first_epoch(fake_mnist_path):
+    import keras
+
+    from cvae import build_cvae
+    from data import load_mnist
+    from optimization import make_optimizer
+
+    (x_train, _), _ = load_mnist(fake_mnist_path)
+    losses = []
+    for _ in range(2):
+        keras.utils.set_random_seed(7)
+        model = build_cvae(latent_dim=2, seed=7)
+        model.compile(optimizer=make_optimizer("rmsprop", 1e-3, total_steps=8, warmup_steps=2))
+        losses.append(model.fit(x_train, batch_size=16, epochs=1, verbose=0).history["loss"][0])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-3)
+
+
+def test_holdout_digit_is_left_out_and_scored(tmp_path, fake_mnist_path):
+    out_dir = tmp_path / "run"
+    result = run_train(f"--data_path={fake_mnist_path}", f"--out_dir={out_dir}", "--epochs=1",
+                       "--batch_size=32", "--warmup_steps=2", "--holdout_digit=3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    # 120 fake images, 12 of each digit: the 12 threes are left out of training.
+    assert "MNIST: 108 training" in result.stdout
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert metrics["holdout_digit"] == 3 and 0.0 <= metrics["auroc"] <= 1.0
+    assert "AUROC for the held-out digit 3" in result.stdout
+    with Image.open(out_dir / "roc.png") as png:
+        assert png.format == "PNG"
