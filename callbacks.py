@@ -16,34 +16,42 @@ from plotting import plot_training_snapshot
 
 
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """Keras's BackupAndRestore, with crash-proof files and the epoch taken from the weights.
+    """Keras's BackupAndRestore, made crash-proof.
 
     Keras writes its backup weights in place, so a kill during the write leaves a broken file,
-    and a kill between the weights and the epoch file leaves them disagreeing. Here the weights
-    are written to a temporary file and renamed, and on restore the completed epoch is computed
-    from the optimizer's step counter, which is saved inside the same weights file: the two can
-    never disagree.
+    and a kill between the weights and its epoch file leaves the two disagreeing. Here each
+    epoch's weights (with the optimizer state) go to a new file, written to a temporary name and
+    renamed; only then is the small metadata file that names it replaced, atomically, and only
+    then is the previous epoch's file deleted. Whenever a kill lands, the metadata names a
+    complete file of the epoch it states. The backup is kept after training (Keras would delete
+    it in on_train_end): train.py removes it once the run's evaluation is written, so a crash
+    during evaluation resumes at the evaluation instead of retraining.
     """
 
-    def __init__(self, backup_dir, steps_per_epoch):
-        super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=True)
-        self.steps_per_epoch = steps_per_epoch
-        self.restored_epoch = 0
+    def __init__(self, backup_dir):
+        super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=False)
 
     def _save_model(self):
         os.makedirs(self.backup_dir, exist_ok=True)
-        run_files.write_atomically(self._weights_path, self.model.save_weights)
+        name = f"epoch_{self._current_epoch:04d}.weights.h5"
+        run_files.write_atomically(os.path.join(self.backup_dir, name), self.model.save_weights)
         run_files.write_json(self._training_metadata_path,
-                             {"epoch": self._current_epoch, "batch": self._last_batch_seen})
+                             {"epoch": self._current_epoch, "weights": name})
+        for old in os.listdir(self.backup_dir):
+            if old.startswith("epoch_") and old != name:
+                os.remove(os.path.join(self.backup_dir, old))
 
     def _load_model(self):
-        super()._load_model()
-        if os.path.exists(self._weights_path):
-            steps_done = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-            self.restored_epoch = steps_done // self.steps_per_epoch
-            self.model._initial_epoch = self.restored_epoch  # what Keras's own restore sets
-            print(f"Resuming from the backup in {self.backup_dir}: {self.restored_epoch} "
-                  f"epoch(s) already done ({steps_done} steps).", flush=True)
+        if not os.path.exists(self._training_metadata_path):
+            return
+        metadata = run_files.read_json(self._training_metadata_path)
+        if not self.model.optimizer.built:
+            # The optimizer's variables must exist before its saved state can be loaded.
+            self.model.optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(os.path.join(self.backup_dir, metadata["weights"]))
+        self.model._initial_epoch = metadata["epoch"]  # what Keras's own restore sets
+        print(f"Resuming from the backup in {self.backup_dir}: {metadata['epoch']} epoch(s) "
+              f"already done.", flush=True)
 
 
 class HistoryCSV(keras.callbacks.Callback):
@@ -99,12 +107,19 @@ class DivergenceGuard(keras.callbacks.Callback):
         self.epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
+        self._check((logs or {}).get("loss"), f"batch {batch + 1}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        # A batch's loss is computed before its update: the last update of the epoch shows up
+        # only in the validation loss. Checked before the backup callback saves the weights.
+        self._check((logs or {}).get("val_loss"), "the test-set evaluation at its end")
+
+    def _check(self, loss, where):
         if loss is not None and not np.isfinite(float(loss)):
             raise TrainingDiverged(
-                f"The training loss became {float(loss)} in epoch {self.epoch + 1}, batch "
-                f"{batch + 1}: training diverged. The usual cause is a learning rate too high "
-                f"for the first steps: lower --learning_rate or raise --warmup_steps."
+                f"The loss became {float(loss)} in epoch {self.epoch + 1}, {where}: training "
+                f"diverged. The usual cause is a learning rate too high for the first steps: "
+                f"lower --learning_rate or raise --warmup_steps."
             )
 
 

@@ -8,6 +8,7 @@ paragraph on stderr and a non-zero exit code.
 
 import os
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -22,7 +23,7 @@ DOWNLOAD_HELP = (
 )
 
 
-class DataError(Exception):
+class DataError(ValueError):
     """The data could not be loaded; the message says why and what to do."""
 
 
@@ -74,7 +75,14 @@ def _read_npz(path):
         raise DataError(f"The data path {path!r} is a folder; it must name an .npz file.")
     try:
         # allow_pickle=False: a data file must never be able to run code when it is loaded.
-        with np.load(path, allow_pickle=False) as npz:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a .npy array or a text file
+            raise DataError(
+                f"The data file {path!r} is a single NumPy array, not an .npz archive of named "
+                f"arrays. It must hold x_train, y_train, x_test and y_test, as "
+                f"keras.datasets.mnist.load_data() writes them."
+            )
+        with loaded as npz:
             missing = [key for key in REQUIRED_KEYS if key not in npz.files]
             if missing:
                 raise DataError(
@@ -85,7 +93,7 @@ def _read_npz(path):
             return {key: npz[key] for key in REQUIRED_KEYS}
     except DataError:
         raise
-    except (zipfile.BadZipFile, EOFError, ValueError, OSError) as error:
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError) as error:
         raise DataError(
             f"The data file {path!r} is not a readable .npz archive (it may be truncated or "
             f"another kind of file): {type(error).__name__}: {error}. Download mnist.npz again "
@@ -134,7 +142,7 @@ def get_images_1_to_10(x, y, seed=0):
     for digit in range(NUM_CLASSES):
         candidates = np.flatnonzero(y == digit)
         if candidates.size == 0:
-            raise ValueError(
+            raise DataError(
                 f"No image of digit {digit} among the {len(y)} given; pass a split that holds "
                 f"every digit 0-{NUM_CLASSES - 1} (the full test set does)."
             )

@@ -40,7 +40,8 @@ def load_run(run_dir):
     try:
         config = run_files.read_json(config_path)
         latent_dim = int(config["latent_dim"])
-    except (ValueError, KeyError, TypeError) as error:
+        assert latent_dim > 0
+    except (ValueError, KeyError, TypeError, AssertionError) as error:
         raise RunError(f"{config_path!r} is not a valid run configuration ({error}). It may have "
                        f"been edited by hand; train again or restore it.") from None
     if not os.path.isfile(weights_path):
@@ -55,7 +56,24 @@ def load_run(run_dir):
             f"describes (latent_dim={latent_dim}), or the file is damaged: "
             f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
         ) from None
+    from callbacks import read_history
+
+    done = len(read_history(os.path.join(run_dir, run_files.HISTORY_FILE)))
+    if done < config.get("epochs", 0) or os.path.isdir(
+            os.path.join(run_dir, run_files.BACKUP_FOLDER)):
+        print(f"warning: the run in {run_dir!r} is unfinished ({done} of {config.get('epochs')} "
+              f"epochs): these are the numbers of an interrupted model. Run train.py with the "
+              f"same out_dir again to finish it.", file=sys.stderr)
     return config, model
+
+
+def check_settings(settings):
+    from configurator import require
+
+    for name in ("iwae_samples", "iwae_images", "manifold_size"):
+        require(settings[name] >= 1, f"{name} must be at least 1, not {settings[name]}.")
+    require(0 <= settings["eval_seed"] < 2**32,
+            f"eval_seed must be in 0 .. 2**32 - 1, not {settings['eval_seed']}.")
 
 
 def evaluate_run(model, config, x_test, y_test, run_dir, settings=None):
@@ -116,7 +134,7 @@ def evaluate_run(model, config, x_test, y_test, run_dir, settings=None):
         dims = [0, min(1, latent_dim - 1)]
     else:
         dims = [int(d) for d in np.argsort(metrics["kl_per_dimension"])[::-1][:2]]
-    shown_x, shown_y = get_images_1_to_10(x_test, y_test, seed=config["seed"])
+    shown_x, shown_y = get_images_1_to_10(x_test, y_test, seed=config.get("seed", 0))
     plotting.plot_reconstructions(
         shown_x, model.predict(shown_x, verbose=0), shown_y, path(run_files.RECONSTRUCTIONS_FILE),
         title="Test digits (top) and their reconstructions from z_mean (bottom)")
@@ -140,7 +158,8 @@ def evaluate_run(model, config, x_test, y_test, run_dir, settings=None):
         plotting.plot_learning_curves(history, path("learning_curves.png"))
     plotting.plot_typical_and_atypical(x_test, scores, y_test, path("anomalies.png"))
     plotting.plot_score_histogram(scores, y_test, path("score_histogram.png"), holdout)
-    np.save(path("test_scores.npy"), scores.astype("float32"))
+    run_files.write_atomically(path(run_files.SCORES_FILE),
+                               lambda temporary: np.save(temporary, scores.astype("float32")))
 
     metrics["evaluation_seconds"] = time.perf_counter() - started
     run_files.write_json(path(run_files.METRICS_FILE), metrics)
@@ -188,6 +207,7 @@ def main(argv):
     if argv and not argv[0].startswith("--"):
         run_dir, argv = argv[0], argv[1:]
     settings = parse_overrides(EVALUATION_DEFAULTS, argv, {})
+    check_settings(settings)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from data import load_mnist
 

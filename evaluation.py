@@ -131,10 +131,9 @@ def auroc(scores, is_positive):
     order = np.argsort(scores, kind="mergesort")
     sorted_scores = scores[order]
     ranks = np.empty(len(scores))
-    # Average rank (1-based) over each run of tied scores.
+    # Every member of a run of tied scores gets the run's average rank (1-based).
     _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    for start, count in zip(first, counts):
-        ranks[order[start:start + count]] = start + (count + 1) / 2.0
+    ranks[order] = np.repeat(first + (counts + 1) / 2.0, counts)
     u = ranks[is_positive].sum() - n_positive * (n_positive + 1) / 2.0
     return float(u / (n_positive * n_negative))
 

@@ -8,10 +8,12 @@ matplotlib.use("Agg")  # no display needed: the script runs on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from run_files import write_atomically  # noqa: E402
+
 
 def _save(fig, path):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    write_atomically(path, lambda temporary: fig.savefig(temporary, dpi=100, bbox_inches="tight"))
     plt.close(fig)
     return path
 
@@ -66,9 +68,9 @@ def save_gif(frame_paths, path, seconds_per_frame=0.7):
     frames = [Image.open(p).convert("RGB") for p in frame_paths]
     size = frames[0].size
     frames = [f if f.size == size else f.resize(size) for f in frames]
-    frames[0].save(path, save_all=True, append_images=frames[1:], loop=0,
-                   duration=int(seconds_per_frame * 1000))
-    return path
+    return write_atomically(path, lambda temporary: frames[0].save(
+        temporary, format="GIF", save_all=True, append_images=frames[1:], loop=0,
+        duration=int(seconds_per_frame * 1000)))
 
 
 def _image_grid(images, rows, columns):

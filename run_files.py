@@ -7,6 +7,7 @@ later run or evaluate.py to read.
 
 import json
 import os
+import re
 import tempfile
 
 CONFIG_FILE = "config.json"
@@ -16,6 +17,19 @@ METRICS_FILE = "metrics.json"
 RECONSTRUCTIONS_FILE = "reconstructions.png"
 SNAPSHOT_FOLDER = "snapshots"
 BACKUP_FOLDER = "backup"  # Keras BackupAndRestore's state, present only while a run is unfinished
+GIF_FILE = "training.gif"
+SCORES_FILE = "test_scores.npy"
+FIGURE_FILES = ("latent_space.png", "manifold.png", "samples.png", "interpolation.png",
+                "learning_curves.png", "anomalies.png", "score_histogram.png", "roc.png")
+# Everything a run writes, so that --overwrite=True can clear an old run and nothing else.
+RUN_FILES = (CONFIG_FILE, WEIGHTS_FILE, HISTORY_FILE, METRICS_FILE, RECONSTRUCTIONS_FILE,
+             GIF_FILE, SCORES_FILE) + FIGURE_FILES
+RUN_FOLDERS = (SNAPSHOT_FOLDER, BACKUP_FOLDER)
+# The names atomic_path() makes: ".<name>.<8 random characters from mkstemp>.tmp<extension>".
+_TEMPORARY_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9.]+)?$")
+# Read once: os.umask can only be read by setting it, which must not race other threads.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def atomic_path(final_path):
@@ -36,7 +50,7 @@ def write_atomically(final_path, write):
     temporary = atomic_path(final_path)
     try:
         write(temporary)
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes owner-only files
+        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes owner-only files
         os.replace(temporary, final_path)
     finally:
         if os.path.exists(temporary):
@@ -49,14 +63,37 @@ def remove_stale_temporaries(folder):
     if not os.path.isdir(folder):
         return
     for name in os.listdir(folder):
-        if name.startswith(".") and ".tmp" in name:
+        if _TEMPORARY_NAME.match(name):
             os.remove(os.path.join(folder, name))
 
 
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def remove_run(folder):
+    """Delete every file and folder a run writes in `folder`, and nothing else."""
+    import shutil
+
+    for name in RUN_FOLDERS:
+        shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+    for name in RUN_FILES:
+        if os.path.exists(os.path.join(folder, name)):
+            os.remove(os.path.join(folder, name))
+
+
+def lock_run_folder(folder):
+    """Hold an exclusive lock on folder/.lock for the life of the process; False if another
+    process holds it. Two runs writing into one folder would corrupt each other's backups."""
+    import fcntl
+
+    handle = open(os.path.join(folder, ".lock"), "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return False
+    _held_locks.append(handle)  # closing the file would release the lock
+    return True
+
+
+_held_locks = []
 
 
 def write_json(path, data):

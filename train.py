@@ -7,6 +7,7 @@ Any hyperparameter below can be overridden as --name=value. Everything the run w
 out_dir: config.json, the weights, history.csv, metrics.json and the figures.
 """
 
+import os
 import sys
 
 _names_before_hyperparameters = set(globals())
@@ -43,6 +44,9 @@ def read_config(argv):
     from configurator import parse_overrides, require
 
     config = parse_overrides(HYPERPARAMETERS, argv, TYPES_OF_NONE_DEFAULTS)
+    if config["data_path"] is not None:
+        # Absolute, so that evaluate.py finds the data from any folder.
+        config["data_path"] = os.path.abspath(config["data_path"])
     require(config["epochs"] > 0, f"epochs must be at least 1, not {config['epochs']}.")
     require(config["batch_size"] > 0, f"batch_size must be at least 1, not {config['batch_size']}.")
     require(config["latent_dim"] > 0, f"latent_dim must be at least 1, not {config['latent_dim']}.")
@@ -52,6 +56,7 @@ def read_config(argv):
             f"warmup_steps must be 0 or more, not {config['warmup_steps']}.")
     require(config["train_subset"] is None or config["train_subset"] > 0,
             f"train_subset must be None or at least 1, not {config['train_subset']}.")
+    require(0 <= config["seed"] < 2**32, f"seed must be in 0 .. 2**32 - 1, not {config['seed']}.")
     require(config["holdout_digit"] is None or 0 <= config["holdout_digit"] <= 9,
             f"holdout_digit must be None or a digit 0-9, not {config['holdout_digit']}.")
     require(config["precision"] in PRECISIONS,
@@ -72,7 +77,7 @@ def main(argv):
 
     # Imports after the arguments are checked, so that a typo is refused without waiting for
     # TensorFlow to load.
-    import os
+    import shutil
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
     import keras
@@ -80,7 +85,7 @@ def main(argv):
 
     import run_files
     from callbacks import (AtomicBackupAndRestore, DivergenceGuard, EpochSnapshots, EpochTimer,
-                           HistoryCSV, TrainingDiverged)
+                           HistoryCSV, TrainingDiverged, read_history)
     from configurator import require
     from cvae import IMAGE_SHAPE, build_cvae
     from data import get_images_1_to_10, load_mnist
@@ -98,6 +103,11 @@ def main(argv):
     if config["holdout_digit"] is not None:
         # Anomaly-detection experiment: the model never sees this digit in training.
         x_train = x_train[y_train != config["holdout_digit"]]
+        require(len(x_train) > 0, f"With holdout_digit={config['holdout_digit']} no training "
+                                  f"images are left; hold out another digit or none.")
+        require(np.any(y_test == config["holdout_digit"]),
+                f"The test set holds no image of holdout_digit={config['holdout_digit']}, so "
+                f"anomaly detection cannot be measured; hold out another digit.")
     if config["train_subset"] is not None:
         require(config["train_subset"] <= len(x_train),
                 f"train_subset={config['train_subset']} is more than the {len(x_train)} "
@@ -124,7 +134,6 @@ def main(argv):
 
     # train; the test set is only monitored (val_* columns), never used to choose anything
     shown_x, shown_y = get_images_1_to_10(x_test, y_test, seed=config["seed"])
-    backup = AtomicBackupAndRestore(path(run_files.BACKUP_FOLDER), steps_per_epoch)
     callbacks = [
         DivergenceGuard(),
         EpochTimer(),
@@ -134,7 +143,7 @@ def main(argv):
         # run repeat (and replace) an epoch's row, never skip one.
         HistoryCSV(path(run_files.HISTORY_FILE)),
         # Resumes an interrupted run from its last completed epoch when the command is repeated.
-        backup,
+        AtomicBackupAndRestore(path(run_files.BACKUP_FOLDER)),
     ]
     try:
         model.fit(x_train, batch_size=config["batch_size"], epochs=config["epochs"],
@@ -145,11 +154,13 @@ def main(argv):
         plot_reconstructions(shown_x, model.predict(shown_x, verbose=0), shown_y,
                              path(run_files.RECONSTRUCTIONS_FILE),
                              title="Test digits and their reconstructions (interrupted run)")
-        done = _completed_epochs(path(run_files.HISTORY_FILE))
+        done = len(read_history(path(run_files.HISTORY_FILE)))
+        again = ("the same command without --overwrite=True" if config["overwrite"]
+                 else "the same command")
         print(f"\nInterrupted. The current weights are in {path(run_files.WEIGHTS_FILE)} and the "
               f"reconstructions in {path(run_files.RECONSTRUCTIONS_FILE)}. {done} of "
-              f"{config['epochs']} epochs were completed; run the same command again to resume "
-              f"from there (the partial epoch is repeated).", file=sys.stderr)
+              f"{config['epochs']} epochs were completed; run {again} again to resume from "
+              f"there (the partial epoch is repeated).", file=sys.stderr)
         return 130
     except TrainingDiverged as error:
         # The weights now hold NaNs: nothing is saved over the last good state, which stays in
@@ -163,10 +174,18 @@ def main(argv):
     save_weights(model, config, path(run_files.WEIGHTS_FILE))
 
     # evaluate on the test set, then the figures
-    evaluate_run(model, config, x_test, y_test, out_dir)
+    try:
+        evaluate_run(model, config, x_test, y_test, out_dir)
+    except KeyboardInterrupt:
+        print(f"\nInterrupted during the evaluation. Training is complete and saved; run the "
+              f"same command again to evaluate, or `python evaluate.py {out_dir}`.",
+              file=sys.stderr)
+        return 130
     frames = sorted(os.listdir(path(run_files.SNAPSHOT_FOLDER)))
     save_gif([os.path.join(path(run_files.SNAPSHOT_FOLDER), name) for name in frames],
-             path("training.gif"))
+             path(run_files.GIF_FILE))
+    # Only now is the run finished: until here, running the command again resumes it.
+    shutil.rmtree(path(run_files.BACKUP_FOLDER), ignore_errors=True)
     print(f"Saved the run in {out_dir}/: {run_files.RECONSTRUCTIONS_FILE}, metrics.json, figures.")
     return 0
 
@@ -183,35 +202,39 @@ def save_weights(model, config, weights_path):
     run_files.write_atomically(weights_path, bare.save_weights)
 
 
-def _completed_epochs(history_path):
-    from callbacks import read_history
-
-    return len(read_history(history_path))
-
-
 def prepare_out_dir(out_dir, config):
-    """Make out_dir ready; False when it already holds this very run, finished.
+    """Make out_dir ready and lock it; False when it already holds this very run, finished.
 
-    A finished run made with other hyperparameters is refused unless overwrite=True; an
-    unfinished one with the same hyperparameters is resumed by Keras's BackupAndRestore.
+    A run made with other hyperparameters is refused unless overwrite=True (which deletes it);
+    an unfinished one with the same hyperparameters is resumed by the backup callback.
     """
-    import os
-    import shutil
-
     import run_files
+    from callbacks import read_history
     from configurator import ConfigError
 
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ConfigError(f"out_dir {out_dir!r} is a file, not a folder. Name a folder (it is "
                           f"created if missing) with --out_dir=...")
-    old_config_path = os.path.join(out_dir, run_files.CONFIG_FILE)
-    if os.path.exists(old_config_path) and not config["overwrite"]:
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        os.remove(run_files.atomic_path(os.path.join(out_dir, "write-test")))
+    except OSError as error:
+        raise ConfigError(f"Cannot write into out_dir {out_dir!r}: {error.strerror}. Choose a "
+                          f"folder you can write to with --out_dir=...") from None
+    if not run_files.lock_run_folder(out_dir):
+        raise ConfigError(f"Another train.py is running in {out_dir!r}. Wait for it to end, or "
+                          f"choose another --out_dir.")
+    path = lambda name: os.path.join(out_dir, name)  # noqa: E731
+    if config["overwrite"]:
+        run_files.remove_run(out_dir)
+    elif os.path.exists(path(run_files.CONFIG_FILE)):
         try:
-            old = run_files.read_json(old_config_path)
-        except ValueError:
-            raise ConfigError(f"{old_config_path!r} is not valid JSON, so the run in {out_dir!r} "
-                              f"cannot be checked. Choose another --out_dir, or pass "
-                              f"--overwrite=True to replace it.") from None
+            old = run_files.read_json(path(run_files.CONFIG_FILE))
+            assert isinstance(old, dict)
+        except (ValueError, AssertionError):
+            raise ConfigError(f"{path(run_files.CONFIG_FILE)!r} is not a run configuration, so "
+                              f"the run in {out_dir!r} cannot be checked. Choose another "
+                              f"--out_dir, or pass --overwrite=True to replace it.") from None
         changed = sorted(key for key in config if key not in ("overwrite", "out_dir")
                          and old.get(key) != config[key])
         if changed:
@@ -220,28 +243,16 @@ def prepare_out_dir(out_dir, config):
                 f"({'; '.join(f'{k}: {old.get(k)!r} there, {config[k]!r} now' for k in changed)})."
                 f" Choose another --out_dir, or pass --overwrite=True to replace that run."
             )
-        finished = (os.path.exists(os.path.join(out_dir, run_files.METRICS_FILE))
-                    and not os.path.exists(os.path.join(out_dir, run_files.BACKUP_FOLDER)))
+        finished = (os.path.exists(path(run_files.METRICS_FILE))
+                    and not os.path.exists(path(run_files.BACKUP_FOLDER))
+                    and len(read_history(path(run_files.HISTORY_FILE))) == config["epochs"])
         if finished:
             print(f"{out_dir!r} already holds this run, finished. Nothing to do: look at its "
                   f"figures, run `python evaluate.py {out_dir}` to evaluate it again, or pass "
                   f"--overwrite=True to train it again from scratch.")
             return False
-    elif config["overwrite"]:
-        # Start from scratch: an old backup would otherwise be resumed, old rows kept.
-        for name in (run_files.BACKUP_FOLDER, run_files.SNAPSHOT_FOLDER):
-            shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
-        for name in (run_files.HISTORY_FILE, run_files.METRICS_FILE):
-            if os.path.exists(os.path.join(out_dir, name)):
-                os.remove(os.path.join(out_dir, name))
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        os.remove(run_files.atomic_path(os.path.join(out_dir, "write-test")))
-        for folder in (out_dir, os.path.join(out_dir, run_files.BACKUP_FOLDER)):
-            run_files.remove_stale_temporaries(folder)
-    except OSError as error:
-        raise ConfigError(f"Cannot write into out_dir {out_dir!r}: {error.strerror}. Choose a "
-                          f"folder you can write to with --out_dir=...") from None
+    for folder in (out_dir, path(run_files.BACKUP_FOLDER)):
+        run_files.remove_stale_temporaries(folder)
     return True
 
 

@@ -41,6 +41,13 @@ def test_truncated_npz(tmp_path, fake_mnist_path):
         load_mnist(str(path))
 
 
+def test_a_single_npy_array_is_refused(tmp_path):
+    path = tmp_path / "mnist.npy"
+    np.save(path, np.zeros((3, 28, 28), np.uint8))
+    with pytest.raises(DataError, match="single NumPy array"):
+        load_mnist(str(path))
+
+
 def test_missing_keys(tmp_path):
     arrays = fake_mnist_arrays()
     del arrays["y_test"]

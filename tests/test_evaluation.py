@@ -104,3 +104,9 @@ def test_evaluate_py_refuses_weights_of_another_architecture(finished_run, tmp_p
 def test_evaluate_py_on_a_folder_that_is_no_run(tmp_path):
     result = run_script("evaluate.py", str(tmp_path))
     assert result.returncode == 2 and "is not a run folder" in result.stderr
+
+
+def test_evaluate_py_refuses_bad_settings(finished_run):
+    out_dir, _, _ = finished_run
+    result = run_script("evaluate.py", str(out_dir), "--iwae_samples=0")
+    assert result.returncode == 2 and "iwae_samples must be at least 1" in result.stderr

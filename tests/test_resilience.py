@@ -116,3 +116,34 @@ def test_divergence_stops_with_a_message_and_saves_no_nan_weights(tmp_path, fake
     assert "training diverged" in result.stderr and "epoch 1, batch" in result.stderr
     assert "--learning_rate" in result.stderr and "Traceback" not in result.stderr
     assert not (out_dir / "cvae.weights.h5").exists()
+
+
+def test_a_crash_during_the_evaluation_resumes_at_the_evaluation(tmp_path, fake_mnist_path):
+    out_dir = tmp_path / "run"
+    arguments = [f"--data_path={fake_mnist_path}", f"--out_dir={out_dir}", "--epochs=1",
+                 "--batch_size=32", "--warmup_steps=2"]
+    process = start_train(arguments)
+    deadline = time.time() + 300
+    # The final weights are written just before the evaluation starts.
+    while not (out_dir / "cvae.weights.h5").exists():
+        assert process.poll() is None and time.time() < deadline, process.communicate()
+        time.sleep(0.02)
+    process.kill()
+    process.wait()
+    assert not (out_dir / "metrics.json").exists() and (out_dir / "backup").is_dir()
+
+    result = run_script("train.py", *arguments)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "1 epoch(s) already done" in result.stdout and "Epoch 1/1" not in result.stdout
+    assert read_epochs(out_dir) == [0]
+    assert (out_dir / "metrics.json").exists() and not (out_dir / "backup").exists()
+
+
+def test_two_runs_in_one_folder_are_refused(tmp_path, fake_mnist_path):
+    import run_files
+
+    out_dir = tmp_path / "run"
+    out_dir.mkdir()
+    assert run_files.lock_run_folder(str(out_dir))  # as a running train.py holds it
+    result = run_script("train.py", f"--data_path={fake_mnist_path}", f"--out_dir={out_dir}")
+    assert result.returncode == 2 and "Another train.py is running" in result.stderr

@@ -70,8 +70,12 @@ def test_one_epoch_on_a_small_file_writes_the_whole_run(finished_run):
     (_, _), (x_test, _) = load_mnist(fake_mnist_path)
     reconstructions = model.predict(x_test[:5], verbose=0)
     assert reconstructions.shape == (5, 28, 28, 1) and np.isfinite(reconstructions).all()
-    leftovers = [name for name in os.listdir(out_dir) if name.endswith(".tmp")]
+    leftovers = [name for name in os.listdir(out_dir) if ".tmp" in name]
     assert not leftovers
+    # Every file the run wrote is one that --overwrite=True knows to delete.
+    from run_files import RUN_FILES, RUN_FOLDERS
+
+    assert set(os.listdir(out_dir)) - {".lock"} <= set(RUN_FILES) | set(RUN_FOLDERS)
 
 
 @pytest.mark.parametrize("arguments, message", [
@@ -81,6 +85,9 @@ def test_one_epoch_on_a_small_file_writes_the_whole_run(finished_run):
     (["--epoch=2"], "Unknown hyperparameter 'epoch'"),
     (["--batch_size=big"], "expected an integer"),
     (["--data_path=/no/such/mnist.npz"], "does not exist"),
+    (["--seed=-1"], "seed must be in"),
+    (["--holdout_digit=10"], "holdout_digit must be None or a digit"),
+    (["--precision=float8"], "precision must be one of"),
 ])
 def test_bad_input_is_refused_in_one_message(tmp_path, arguments, message):
     result = run_train(*arguments, f"--out_dir={tmp_path / 'run'}")
@@ -155,5 +162,12 @@ def test_holdout_digit_is_left_out_and_scored(tmp_path, fake_mnist_path):
     metrics = json.loads((out_dir / "metrics.json").read_text())
     assert metrics["holdout_digit"] == 3 and 0.0 <= metrics["auroc"] <= 1.0
     assert "AUROC for the held-out digit 3" in result.stdout
+    # The reported AUROC is that of the saved per-image scores.
+    from data import load_mnist
+    from evaluation import auroc
+
+    _, (_, y_test) = load_mnist(fake_mnist_path)
+    scores = np.load(out_dir / "test_scores.npy")
+    assert metrics["auroc"] == pytest.approx(auroc(scores, y_test == 3), abs=1e-12)
     with Image.open(out_dir / "roc.png") as png:
         assert png.format == "PNG"
