@@ -8,7 +8,7 @@ absorbs graph tracing. Usage:
 
     python benchmarks/train_speed.py --data_path=../shared/data/mnist.npz
     python benchmarks/train_speed.py --steps=1000 --repeats=5        # longer, steadier
-    python benchmarks/train_speed.py --variants=float32,mixed_bfloat16,float32+xla
+    python benchmarks/train_speed.py --variants=float32,float32+guard,mixed_bfloat16,float32+xla
 """
 
 import argparse
@@ -24,6 +24,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import layers, ops  # noqa: E402
 
+from callbacks import DivergenceGuard  # noqa: E402
 from cvae import IMAGE_SHAPE, build_cvae, kl_to_standard_normal  # noqa: E402
 from data import load_mnist  # noqa: E402
 from evaluation import decode, encode  # noqa: E402
@@ -77,7 +78,7 @@ def forward_flops_per_image(model):
 
 
 # ---- timing -------------------------------------------------------------------------------------
-def make_project_model(precision, jit_compile, steps):
+def make_project_model(precision, jit_compile):
     keras.mixed_precision.set_dtype_policy(precision)
     model = build_cvae(2, IMAGE_SHAPE, seed=0)
     model.compile(optimizer=make_optimizer("rmsprop", 1e-4, total_steps=10**6, warmup_steps=0),
@@ -86,12 +87,14 @@ def make_project_model(precision, jit_compile, steps):
     return model
 
 
-def time_fit(model, x, batch_size, is_baseline):
+def time_fit(model, x, batch_size, name):
     start = time.perf_counter()
-    if is_baseline:
+    if name == "baseline":
         model.fit(x, x, batch_size=batch_size, epochs=1, verbose=0)
     else:
-        model.fit(x, batch_size=batch_size, epochs=1, verbose=0)
+        # "+guard": with train.py's per-batch divergence check, to measure what it costs.
+        callbacks = [DivergenceGuard()] if "guard" in name.split("+") else []
+        model.fit(x, batch_size=batch_size, epochs=1, verbose=0, callbacks=callbacks)
     return len(x) / (time.perf_counter() - start)
 
 
@@ -102,7 +105,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--variants", default="float32,mixed_bfloat16",
-                        help="project settings to time: precision, +xla for jit_compile")
+                        help="project settings to time: a precision, then +xla for "
+                             "jit_compile and +guard for train.py's per-batch NaN check")
     args = parser.parse_args()
 
     (x_train, _), (x_test, _) = load_mnist(args.data_path)
@@ -112,18 +116,18 @@ def main():
 
     models = {"baseline": build_baseline()}
     for variant in args.variants.split(","):
-        precision, _, extra = variant.partition("+")
-        models[variant] = make_project_model(precision, extra == "xla", args.steps)
+        precision, *extras = variant.split("+")
+        models[variant] = make_project_model(precision, "xla" in extras)
     flops = forward_flops_per_image(models[args.variants.split(",")[0]])
     print(f"FLOPs per image: forward {flops / 1e9:.3f} GFLOP, training step ~3x forward = "
           f"{3 * flops / 1e9:.3f} GFLOP (Conv2D, Conv2DTranspose and Dense layers)")
     for name, model in models.items():  # warm-up: tracing and one-off allocations
-        time_fit(model, warmup, args.batch_size, name == "baseline")
+        time_fit(model, warmup, args.batch_size, name)
 
     rates = {name: [] for name in models}
     for repeat in range(args.repeats):
         for name, model in models.items():
-            rates[name].append(time_fit(model, x, args.batch_size, name == "baseline"))
+            rates[name].append(time_fit(model, x, args.batch_size, name))
         print(f"repeat {repeat + 1}: " + ", ".join(f"{n} {r[-1]:.1f} img/s"
                                                   for n, r in rates.items()), flush=True)
 
