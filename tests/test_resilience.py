@@ -22,8 +22,11 @@ def read_epochs(out_dir):
 
 
 def start_train(arguments):
+    # A shell starts background jobs with SIGINT ignored, and Python keeps an ignored SIGINT
+    # ignored: restore the default, so that the child gets Ctrl-C as it would in a terminal.
     return subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *arguments],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def backed_up_epochs(out_dir):
