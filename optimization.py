@@ -34,7 +34,8 @@ def learning_rate_schedule(learning_rate, total_steps, warmup_steps=500, schedul
     """Linear warm-up from 0 to learning_rate over warmup_steps, then cosine decay or constant."""
     import keras
 
-    warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
+    # The warm-up is not shortened for short runs: its length is what RMSprop's statistics need,
+    # whatever the run's length. A run shorter than the warm-up never reaches the peak rate.
     if schedule == "cosine":
         return keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=0.0,

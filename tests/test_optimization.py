@@ -33,3 +33,8 @@ def test_unknown_names_are_refused():
     with pytest.raises(ValueError, match="optimizer"):
         make_optimizer("adamw", 1e-3, 100)
     assert type(make_optimizer("rmsprop", 1e-3, 100)).__name__ == "RMSprop"
+
+
+def test_a_run_shorter_than_the_warmup_keeps_its_slow_start():
+    schedule = learning_rate_schedule(1e-3, total_steps=10, warmup_steps=500, schedule="cosine")
+    np.testing.assert_allclose(rates(schedule, [5, 10]), [1e-5, 2e-5], rtol=1e-4)
