@@ -66,7 +66,7 @@ class HistoryCSV(keras.callbacks.Callback):
         self.path = path
 
     def on_epoch_end(self, epoch, logs=None):
-        rows = [row for row in read_history(self.path) if int(row["epoch"]) < epoch]
+        rows = [row for row in run_files.read_history(self.path) if int(row["epoch"]) < epoch]
         rows.append({"epoch": epoch, **(logs or {})})
         columns = ["epoch"] + sorted({key for row in rows for key in row} - {"epoch"})
 
@@ -79,19 +79,6 @@ class HistoryCSV(keras.callbacks.Callback):
         run_files.write_atomically(self.path, write)
 
 
-def read_history(path):
-    """The rows of a history.csv as dicts of floats (epoch as int); [] if there is none."""
-    if not os.path.exists(path):
-        return []
-    with open(path, newline="") as f:
-        rows = []
-        for row in csv.DictReader(f):
-            parsed = {key: float(value) for key, value in row.items() if value not in ("", None)}
-            parsed["epoch"] = int(parsed["epoch"])
-            rows.append(parsed)
-    return rows
-
-
 class TrainingDiverged(Exception):
     """The loss became NaN or infinite; the message names where and what to change."""
 
@@ -99,8 +86,8 @@ class TrainingDiverged(Exception):
 class DivergenceGuard(keras.callbacks.Callback):
     """Stops at the first batch whose loss is not finite, before that batch's weights are saved.
 
-    Raising (rather than setting stop_training) skips on_train_end, so the backup of the last
-    completed epoch is kept instead of being deleted as after a finished run.
+    Raising (rather than setting stop_training) ends fit() before the backup callback of the
+    same epoch runs, so weights with NaNs are never saved over the last good backup.
     """
 
     def on_epoch_begin(self, epoch, logs=None):

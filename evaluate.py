@@ -56,11 +56,8 @@ def load_run(run_dir):
             f"describes (latent_dim={latent_dim}), or the file is damaged: "
             f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
         ) from None
-    from callbacks import read_history
-
-    done = len(read_history(os.path.join(run_dir, run_files.HISTORY_FILE)))
-    if done < config.get("epochs", 0) or os.path.isdir(
-            os.path.join(run_dir, run_files.BACKUP_FOLDER)):
+    if not run_files.training_complete(run_dir, config.get("epochs", 0)):
+        done = len(run_files.read_history(os.path.join(run_dir, run_files.HISTORY_FILE)))
         print(f"warning: the run in {run_dir!r} is unfinished ({done} of {config.get('epochs')} "
               f"epochs): these are the numbers of an interrupted model. Run train.py with the "
               f"same out_dir again to finish it.", file=sys.stderr)
@@ -83,7 +80,6 @@ def evaluate_run(model, config, x_test, y_test, run_dir, settings=None):
     import evaluation
     import plotting
     import run_files
-    from callbacks import read_history
     from data import get_images_1_to_10
 
     settings = {**EVALUATION_DEFAULTS, **(settings or {})}
@@ -123,7 +119,7 @@ def evaluate_run(model, config, x_test, y_test, run_dir, settings=None):
         fpr, tpr = evaluation.roc_curve(scores, is_held_out)
         plotting.plot_roc(fpr, tpr, metrics["auroc"], holdout, path("roc.png"))
 
-    history = read_history(path(run_files.HISTORY_FILE))
+    history = run_files.read_history(path(run_files.HISTORY_FILE))
     seconds = [row["epoch_seconds"] for row in history if "epoch_seconds" in row]
     metrics["seconds_per_epoch"] = float(np.mean(seconds)) if seconds else None
     metrics["per_epoch"] = history

@@ -1,4 +1,5 @@
-"""Figures, drawn headless: each function takes arrays and a path, saves a PNG, returns the path."""
+"""Figures, drawn headless: each plot_* function takes arrays and a path, saves a PNG atomically
+and returns the path; save_gif stitches saved PNGs into an animation."""
 
 import os
 

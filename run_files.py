@@ -5,6 +5,7 @@ Every file is written to a temporary name in the same folder and then renamed ov
 later run or evaluate.py to read.
 """
 
+import csv
 import json
 import os
 import re
@@ -107,3 +108,22 @@ def write_json(path, data):
 def read_json(path):
     with open(path) as f:
         return json.load(f)
+
+
+def read_history(path):
+    """The rows of a history.csv as dicts of floats (epoch as int); [] if there is none."""
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        rows = []
+        for row in csv.DictReader(f):
+            parsed = {key: float(value) for key, value in row.items() if value not in ("", None)}
+            parsed["epoch"] = int(parsed["epoch"])
+            rows.append(parsed)
+    return rows
+
+
+def training_complete(folder, epochs):
+    """True when all `epochs` epochs are in the history and no backup is left to resume."""
+    return (not os.path.isdir(os.path.join(folder, BACKUP_FOLDER))
+            and len(read_history(os.path.join(folder, HISTORY_FILE))) >= epochs)

@@ -85,7 +85,7 @@ def main(argv):
 
     import run_files
     from callbacks import (AtomicBackupAndRestore, DivergenceGuard, EpochSnapshots, EpochTimer,
-                           HistoryCSV, TrainingDiverged, read_history)
+                           HistoryCSV, TrainingDiverged)
     from configurator import require
     from cvae import IMAGE_SHAPE, build_cvae
     from data import get_images_1_to_10, load_mnist
@@ -114,6 +114,9 @@ def main(argv):
                 f"training images available.")
         x_train = x_train[: config["train_subset"]]
     print(f"MNIST: {len(x_train)} training and {len(x_test)} test images of shape {IMAGE_SHAPE}.")
+    if config["overwrite"]:
+        # Only now, with every input checked, is the old run deleted.
+        run_files.remove_run(out_dir)
 
     # model and optimizer
     keras.mixed_precision.set_dtype_policy(config["precision"])
@@ -154,7 +157,7 @@ def main(argv):
         plot_reconstructions(shown_x, model.predict(shown_x, verbose=0), shown_y,
                              path(run_files.RECONSTRUCTIONS_FILE),
                              title="Test digits and their reconstructions (interrupted run)")
-        done = len(read_history(path(run_files.HISTORY_FILE)))
+        done = len(run_files.read_history(path(run_files.HISTORY_FILE)))
         again = ("the same command without --overwrite=True" if config["overwrite"]
                  else "the same command")
         print(f"\nInterrupted. The current weights are in {path(run_files.WEIGHTS_FILE)} and the "
@@ -181,7 +184,8 @@ def main(argv):
               f"same command again to evaluate, or `python evaluate.py {out_dir}`.",
               file=sys.stderr)
         return 130
-    frames = sorted(os.listdir(path(run_files.SNAPSHOT_FOLDER)))
+    frames = sorted(name for name in os.listdir(path(run_files.SNAPSHOT_FOLDER))
+                    if name.startswith("epoch_") and name.endswith(".png"))
     save_gif([os.path.join(path(run_files.SNAPSHOT_FOLDER), name) for name in frames],
              path(run_files.GIF_FILE))
     # Only now is the run finished: until here, running the command again resumes it.
@@ -205,11 +209,10 @@ def save_weights(model, config, weights_path):
 def prepare_out_dir(out_dir, config):
     """Make out_dir ready and lock it; False when it already holds this very run, finished.
 
-    A run made with other hyperparameters is refused unless overwrite=True (which deletes it);
-    an unfinished one with the same hyperparameters is resumed by the backup callback.
+    A run made with other hyperparameters is refused unless overwrite=True (main() deletes it
+    once the data is checked); an unfinished one with the same hyperparameters is resumed.
     """
     import run_files
-    from callbacks import read_history
     from configurator import ConfigError
 
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
@@ -225,9 +228,7 @@ def prepare_out_dir(out_dir, config):
         raise ConfigError(f"Another train.py is running in {out_dir!r}. Wait for it to end, or "
                           f"choose another --out_dir.")
     path = lambda name: os.path.join(out_dir, name)  # noqa: E731
-    if config["overwrite"]:
-        run_files.remove_run(out_dir)
-    elif os.path.exists(path(run_files.CONFIG_FILE)):
+    if not config["overwrite"] and os.path.exists(path(run_files.CONFIG_FILE)):
         try:
             old = run_files.read_json(path(run_files.CONFIG_FILE))
             assert isinstance(old, dict)
@@ -243,15 +244,13 @@ def prepare_out_dir(out_dir, config):
                 f"({'; '.join(f'{k}: {old.get(k)!r} there, {config[k]!r} now' for k in changed)})."
                 f" Choose another --out_dir, or pass --overwrite=True to replace that run."
             )
-        finished = (os.path.exists(path(run_files.METRICS_FILE))
-                    and not os.path.exists(path(run_files.BACKUP_FOLDER))
-                    and len(read_history(path(run_files.HISTORY_FILE))) == config["epochs"])
-        if finished:
+        if (os.path.exists(path(run_files.METRICS_FILE))
+                and run_files.training_complete(out_dir, config["epochs"])):
             print(f"{out_dir!r} already holds this run, finished. Nothing to do: look at its "
                   f"figures, run `python evaluate.py {out_dir}` to evaluate it again, or pass "
                   f"--overwrite=True to train it again from scratch.")
             return False
-    for folder in (out_dir, path(run_files.BACKUP_FOLDER)):
+    for folder in (out_dir, path(run_files.BACKUP_FOLDER), path(run_files.SNAPSHOT_FOLDER)):
         run_files.remove_stale_temporaries(folder)
     return True
 

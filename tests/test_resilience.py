@@ -150,3 +150,15 @@ def test_two_runs_in_one_folder_are_refused(tmp_path, fake_mnist_path):
     assert run_files.lock_run_folder(str(out_dir))  # as a running train.py holds it
     result = run_script("train.py", f"--data_path={fake_mnist_path}", f"--out_dir={out_dir}")
     assert result.returncode == 2 and "Another train.py is running" in result.stderr
+
+
+def test_overwrite_with_bad_data_deletes_nothing(finished_run, tmp_path):
+    import shutil
+
+    out_dir, _, _ = finished_run
+    run = tmp_path / "copy"
+    shutil.copytree(out_dir, run)
+    result = run_script("train.py", f"--out_dir={run}", "--overwrite=True",
+                        f"--data_path={tmp_path / 'missing.npz'}")
+    assert result.returncode == 2 and "does not exist" in result.stderr
+    assert (run / "cvae.weights.h5").exists() and (run / "metrics.json").exists()

@@ -59,7 +59,7 @@ def test_one_epoch_on_a_small_file_writes_the_whole_run(finished_run):
     assert len(metrics["kl_per_dimension"]) == 2 and 0 <= metrics["active_units"] <= 2
     assert len(metrics["per_epoch"]) == 1
     assert (out_dir / "training.gif").exists()
-    assert not (out_dir / "backup").exists()  # BackupAndRestore cleans up after a finished run
+    assert not (out_dir / "backup").exists()  # train.py removes it once the run is evaluated
 
     # The saved weights rebuild the same model.
     from cvae import build_cvae
