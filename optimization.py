@@ -17,6 +17,14 @@ the Variance of the Adaptive Learning Rate and Beyond", and the practice of Goya
 Why a cosine decay after it. At a constant rate the test ELBO keeps jumping by about 2 nats from
 epoch to epoch (the optimizer noise floor); letting the rate fall to a small fraction of its peak
 over the run lets the final epochs settle into a minimum instead of bouncing around it.
+
+Why the update is compiled with XLA. Keras writes RMSprop's update as about ten element-wise
+operations per variable (square, scale, add, sqrt, divide, subtract...). TensorFlow runs each one as
+its own kernel, so each step streams the 13 million weights, their gradients and RMSprop's
+averages through memory about ten times: 45 ms of a 250 ms step on two CPU cores. XLA fuses them
+into one loop per variable, which reads and writes each array once (about 15 ms), while the
+convolutions stay with oneDNN, which is faster at them than XLA on a CPU. The arithmetic is the
+optimizer's own; only the kernels change.
 """
 
 # Keras is imported inside the functions, so that train.py can check an optimizer's name against
@@ -54,11 +62,46 @@ def learning_rate_schedule(learning_rate, total_steps, warmup_steps=500, schedul
     raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, not {schedule!r}.")
 
 
-def make_optimizer(name, learning_rate, total_steps, warmup_steps=500, schedule="cosine"):
-    """The named Keras optimizer, with its default settings but for the learning rate."""
+class FusedUpdate:
+    """Mix-in for a Keras optimizer: apply() runs as one XLA-compiled function (see the top).
+
+    Only the known case is compiled: gradients for exactly the variables the optimizer was built
+    on, which is what fit() passes on every step. Anything else (the first call that builds the
+    optimizer, a different variable list) takes Keras's ordinary path.
+    """
+
+    def apply(self, grads, trainable_variables=None):
+        import tensorflow as tf
+
+        if not self.built or (trainable_variables is not None and not self._same_variables(
+                trainable_variables)):
+            return super().apply(grads, trainable_variables)
+        if getattr(self, "_compiled_apply", None) is None:
+            # The variables are captured rather than passed: tf.function cannot take Keras
+            # variables as arguments, and they are the same objects on every step.
+            self._compiled_apply = tf.function(
+                lambda gradients: super(FusedUpdate, self).apply(gradients), jit_compile=True)
+        return self._compiled_apply(list(grads))
+
+    def _same_variables(self, trainable_variables):
+        return [id(v) for v in trainable_variables] == [id(v) for v in self._trainable_variables]
+
+
+def make_optimizer(name, learning_rate, total_steps, warmup_steps=500, schedule="cosine",
+                   fused=True):
+    """The named Keras optimizer, with its default settings but for the learning rate.
+
+    fused=True (train.py's setting) compiles its update with XLA; the numbers it computes are the
+    same up to float rounding order. fused=False is Keras's plain optimizer.
+    """
     import keras
 
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, not {name!r}.")
     lr = learning_rate_schedule(learning_rate, total_steps, warmup_steps, schedule)
-    return getattr(keras.optimizers, OPTIMIZERS[name])(learning_rate=lr)
+    keras_class = getattr(keras.optimizers, OPTIMIZERS[name])
+    if not fused:
+        return keras_class(learning_rate=lr)
+    fused_class = type(f"Fused{keras_class.__name__}", (FusedUpdate, keras_class), {})
+    # Named as Keras names the plain class ("rm_sprop"), so nothing downstream sees the difference.
+    return fused_class(learning_rate=lr, name=keras_class().name)
