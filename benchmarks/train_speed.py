@@ -85,6 +85,9 @@ class StepTimer(keras.callbacks.Callback):
     Per-step times let the benchmark report the median step, which is immune to the pauses of a
     few seconds that this shared machine's host imposes every half-minute or so (the whole process
     sleeps, the CPU shows idle), and that would otherwise land in one variant's repetition.
+    Every variant, the baseline included, runs with it. A per-batch callback makes Keras wait for
+    each step's results before the next; on a CPU steps run synchronously anyway, on a GPU this
+    hides the cost of the +guard variant's own per-batch check.
     """
 
     def __init__(self):
@@ -101,9 +104,11 @@ class StepTimer(keras.callbacks.Callback):
 def make_project_model(precision, jit_compile, fused):
     keras.mixed_precision.set_dtype_policy(precision)
     model = build_cvae(2, IMAGE_SHAPE, seed=0)
+    # "auto", as in train.py and the baseline: Keras compiles the whole step with XLA on a GPU and
+    # not on a CPU. +xla forces it on.
     model.compile(optimizer=make_optimizer("rmsprop", 1e-4, total_steps=10**6, warmup_steps=0,
                                            fused=fused),
-                  jit_compile=jit_compile)
+                  jit_compile=True if jit_compile else "auto")
     keras.mixed_precision.set_dtype_policy("float32")
     return model
 

@@ -64,3 +64,25 @@ def test_the_fused_update_computes_what_keras_computes(name):
     assert moved > 1e-3  # the steps did something
     for plain, fused in zip(results[False], results[True]):
         np.testing.assert_allclose(fused, plain, rtol=1e-5, atol=1e-7)
+
+
+def test_fit_takes_the_fused_path_and_trains_the_model_as_keras_would():
+    import keras
+
+    from cvae import build_cvae
+
+    images = np.random.default_rng(1).random((24, 28, 28, 1)).astype("float32")
+    trained = {}
+    for fused in (False, True):
+        keras.utils.set_random_seed(0)
+        model = build_cvae(2, seed=0)
+        optimizer = make_optimizer("rmsprop", 1e-3, total_steps=3, warmup_steps=1, fused=fused)
+        model.compile(optimizer=optimizer)
+        start = [w.numpy() for w in model.trainable_weights]
+        model.fit(images, batch_size=8, epochs=1, shuffle=False, verbose=0)
+        assert (getattr(optimizer, "_compiled_apply", None) is not None) == fused
+        assert int(optimizer.iterations) == 3
+        trained[fused] = [w.numpy() for w in model.trainable_weights]
+    assert max(np.abs(a - b).max() for a, b in zip(trained[False], start)) > 1e-4
+    for plain, fused in zip(trained[False], trained[True]):
+        np.testing.assert_allclose(fused, plain, rtol=1e-3, atol=1e-5)
