@@ -146,7 +146,7 @@ def matmul_peak_gflops(size=4096, repeats=5):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_path", default="../shared/data/mnist.npz")
-    parser.add_argument("--steps", type=int, default=80,
+    parser.add_argument("--steps", type=int, default=60,
                         help="training steps per repetition (the default run takes ~3 minutes "
                              "on two CPU cores; use --steps=500 --repeats=5 for a steadier one)")
     parser.add_argument("--repeats", type=int, default=3)
