@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 import run_files
-from plotting import plot_training_snapshot
+from plotting import plot_training_snapshot, save_gif
 
 
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
@@ -122,12 +122,14 @@ class EpochTimer(keras.callbacks.Callback):
 
 
 class EpochSnapshots(keras.callbacks.Callback):
-    """Saves snapshots/epoch_NNN.png: the same test digits and the same prior draws every epoch."""
+    """Saves snapshots/epoch_NNN.png, the same test images and the same prior draws every epoch,
+    and stitches every frame so far into training.gif, so that even an interrupted run has it."""
 
-    def __init__(self, originals, latent_dim, folder, seed=0):
+    def __init__(self, originals, latent_dim, folder, gif_path, seed=0):
         super().__init__()
         self.originals = originals
         self.folder = folder
+        self.gif_path = gif_path
         # Fixed draws from the prior, so successive frames show the decoder change, not z.
         self.z = np.random.default_rng(seed).standard_normal(
             (len(originals), latent_dim)).astype("float32")
@@ -137,3 +139,22 @@ class EpochSnapshots(keras.callbacks.Callback):
         samples = keras.ops.convert_to_numpy(self.model.decoder(self.z, training=False))
         plot_training_snapshot(self.originals, reconstructions, samples, epoch + 1,
                                os.path.join(self.folder, f"epoch_{epoch + 1:03d}.png"))
+        frames = sorted(name for name in os.listdir(self.folder)
+                        if name.startswith("epoch_") and name.endswith(".png"))
+        save_gif([os.path.join(self.folder, name) for name in frames], self.gif_path)
+
+
+def training_callbacks(out_dir, shown_x, config):
+    """train.py's callbacks, in the order they must run at each epoch's end."""
+    path = lambda name: os.path.join(out_dir, name)  # noqa: E731
+    return [
+        DivergenceGuard(),
+        EpochTimer(),
+        EpochSnapshots(shown_x, config["latent_dim"], path(run_files.SNAPSHOT_FOLDER),
+                       path(run_files.GIF_FILE), seed=config["seed"]),
+        # The history is written before the backup: a crash between the two makes the resumed
+        # run repeat (and replace) an epoch's row, never skip one.
+        HistoryCSV(path(run_files.HISTORY_FILE)),
+        # Resumes an interrupted run from its last completed epoch when the command is repeated.
+        AtomicBackupAndRestore(path(run_files.BACKUP_FOLDER)),
+    ]

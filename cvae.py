@@ -1,7 +1,14 @@
 """The article's convolutional VAE in Keras 3, with the objective made a correct ELBO.
 
-Layers follow the article's summary exactly (13,044,613 parameters at latent_dim=2). The model
-math is written with keras.ops / keras.random only, so that it does not depend on TensorFlow.
+Two architectures share the losses, the sampling and the CVAE class:
+- "article" follows the article's summary exactly (three stride-1 convolutions; 13,044,613
+  parameters at latent_dim=2 on 28x28x1). Its Dense layers grow with the pixel count, so it
+  suits small images only.
+- "strided" follows the article's closing advice of more advanced layering: stride-2
+  convolutions halve the resolution before the Dense layer, and stride-2 transposed
+  convolutions double it back, so a 128x128x3 model stays near a million parameters.
+The model math is written with keras.ops / keras.random only, so that it does not depend on
+TensorFlow.
 
 The objective is the negative evidence lower bound of Kingma & Welling (2013), "Auto-Encoding
 Variational Bayes", per image, in nats:
@@ -11,10 +18,24 @@ Gaussian encoder q(z|x) = N(z_mean, exp(z_log_var)), whose KL to the prior has t
 their Appendix B, summed over latent dimensions.
 """
 
+import math
+
 import keras
 from keras import layers, ops
 
-IMAGE_SHAPE = (28, 28, 1)
+ARCHITECTURES = ("article", "strided")
+KERNEL_SIZE = 3
+HIDDEN_UNITS = 128
+ARTICLE_FILTERS = (32, 64, 64)
+# One entry per halving; the strided encoder uses the first k for k halvings.
+STRIDED_FILTERS = (32, 64, 64, 128, 128)
+# The smallest side a feature map may have: a 3x3 kernel on anything smaller sees mostly padding.
+MIN_SIDE = 4
+# Refused beyond this: the article's two Dense layers hold 2 * 128 * 64 weights per pixel, so a
+# 512x512 model would need 17 GB for its float32 weights alone.
+MAX_ARTICLE_PARAMETERS = 100_000_000
+# Layer names of the convolutions in the encoder and the transposed ones in the decoder.
+_CONV_NAMES = {"article": ("conv", "deconv"), "strided": ("conv_halve", "deconv_double")}
 
 # Probabilities are clipped this far from 0 and 1 before the log, as Keras's own binary
 # cross-entropy does; it bounds one pixel's loss at about 16 nats instead of infinity.
@@ -74,14 +95,117 @@ class Sampling(layers.Layer):
         return {**super().get_config(), "seed": self.seed}
 
 
-def build_encoder(latent_dim=2, image_shape=IMAGE_SHAPE):
-    """x -> (z_mean, z_log_var): the article's three stride-1 convolutions and Dense(128)."""
+# ---- architecture sizes, computed from the image shape without building anything ----------------
+def strided_halvings(image_shape):
+    """How many stride-2 stages the strided model has: halve while both sides are even and the
+    halved sides stay >= MIN_SIDE, at most once per entry of STRIDED_FILTERS (28 -> 2, 32 -> 3,
+    64 -> 4, 128 -> 5)."""
+    height, width = image_shape[:2]
+    count = 0
+    while (count < len(STRIDED_FILTERS) and height % 2 == 0 and width % 2 == 0
+           and min(height, width) // 2 >= MIN_SIDE):
+        height, width, count = height // 2, width // 2, count + 1
+    return count
+
+
+def encoder_filters(image_shape, architecture):
+    """Filters of the encoder's convolutions, first to last; the decoder mirrors them."""
+    if architecture == "article":
+        return ARTICLE_FILTERS
+    return STRIDED_FILTERS[: strided_halvings(image_shape)]
+
+
+def feature_map_shape(image_shape, architecture):
+    """(height, width, channels) of the encoder's last convolution, which the decoder's
+    dense_unflatten layer rebuilds."""
+    height, width = image_shape[:2]
+    scale = 2 ** strided_halvings(image_shape) if architecture == "strided" else 1
+    return (height // scale, width // scale, encoder_filters(image_shape, architecture)[-1])
+
+
+def parameter_count(image_shape, latent_dim, architecture):
+    """The model's count_params(), in closed form from the layer shapes."""
+    def conv(in_channels, out_channels):  # kernel and bias; the same for a transposed one
+        return KERNEL_SIZE * KERNEL_SIZE * in_channels * out_channels + out_channels
+
+    def dense(units_in, units_out):
+        return units_in * units_out + units_out
+
+    channels = image_shape[-1]
+    filters = encoder_filters(image_shape, architecture)
+    features = math.prod(feature_map_shape(image_shape, architecture))
+    encoder = (sum(conv(c_in, c_out) for c_in, c_out in zip((channels,) + filters, filters))
+               + dense(features, HIDDEN_UNITS) + 2 * dense(HIDDEN_UNITS, latent_dim))
+    mirrored = filters[::-1]  # the reshaped map has filters[-1] channels, as mirrored[0]
+    decoder = (dense(latent_dim, HIDDEN_UNITS) + dense(HIDDEN_UNITS, features)
+               + sum(conv(c_in, c_out) for c_in, c_out in zip(mirrored[:1] + mirrored, mirrored))
+               + conv(filters[0], channels))
+    return encoder + decoder
+
+
+def architecture_problem(image_shape, latent_dim, architecture):
+    """None when this model can be built; else one paragraph saying what is wrong and what to do.
+
+    Nothing is built, so asking about an image size that would need gigabytes costs nothing.
+    """
+    height, width, channels = image_shape
+    shape = f"{height}x{width}x{channels}"
+    if architecture not in ARCHITECTURES:
+        return (f"Unknown architecture {architecture!r}; pass --architecture= with one of "
+                f"{', '.join(ARCHITECTURES)}.")
+    if min(height, width) < MIN_SIDE:
+        return (f"{shape} images are too small for either architecture: both need at least "
+                f"{MIN_SIDE} pixels on a side, since a 3x3 convolution on a smaller image sees "
+                f"mostly padding. Pass a larger --image_size to resize the images.")
+    if architecture == "strided" and strided_halvings(image_shape) == 0:
+        return (f"The strided architecture halves the resolution with stride-2 convolutions, and "
+                f"{shape} images cannot be halved even once: that needs both sides even and at "
+                f"least {2 * MIN_SIDE} pixels. Pass an --image_size with even sides of at least "
+                f"{2 * MIN_SIDE} (for example 28, 32 or 64), or --architecture=article.")
+    count = parameter_count(image_shape, latent_dim, architecture)
+    if count <= MAX_ARTICLE_PARAMETERS:
+        return None
+    if architecture == "article":
+        strided = parameter_count(image_shape, latent_dim, "strided")
+        fix = ("pass --architecture=strided, which halves the resolution before its Dense layer "
+               f"and has {strided:,} parameters for the same shape (or a smaller --image_size)")
+        if strided_halvings(image_shape) == 0 or strided > MAX_ARTICLE_PARAMETERS:
+            fix = "pass a smaller --image_size"
+        return (f"An article model for {shape} images would have {count:,} parameters, more than "
+                f"the limit of {MAX_ARTICLE_PARAMETERS:,}: its Dense layers grow with the pixel "
+                f"count. To train on images this size, {fix}.")
+    # The limit guards the strided model too: sides that halve only once or twice leave a large
+    # map before its Dense layer.
+    return (f"A strided model for {shape} images would have {count:,} parameters, more than the "
+            f"limit of {MAX_ARTICLE_PARAMETERS:,}: these sides halve only "
+            f"{strided_halvings(image_shape)} time(s) before its Dense layer. Pass a smaller "
+            f"--image_size, or one whose sides divide by 32 (such as 128 or 256) so that they "
+            f"halve five times.")
+
+
+def _require_buildable(image_shape, latent_dim, architecture):
+    problem = architecture_problem(image_shape, latent_dim, architecture)
+    if problem is not None:
+        raise ValueError(problem)
+
+
+# ---- the models ---------------------------------------------------------------------------------
+def build_encoder(latent_dim, image_shape, architecture="article"):
+    """x -> (z_mean, z_log_var): convolutions, then Dense(128) and the two Gaussian heads.
+
+    "article": the article's three stride-1 convolutions. "strided": one stride-2 convolution per
+    halving of the resolution (see strided_halvings).
+    """
+    _require_buildable(image_shape, latent_dim, architecture)
+    strides = 2 if architecture == "strided" else 1
+    conv_name = _CONV_NAMES[architecture][0]
     image = keras.Input(shape=image_shape, name="image")
-    h = layers.Conv2D(32, 3, padding="same", activation="relu", name="conv_1")(image)
-    h = layers.Conv2D(64, 3, padding="same", activation="relu", name="conv_2")(h)
-    h = layers.Conv2D(64, 3, padding="same", activation="relu", name="conv_3")(h)
-    h = layers.Flatten(name="flatten")(h)  # (batch, 28 * 28 * 64 = 50176)
-    h = layers.Dense(128, activation="relu", name="dense_hidden")(h)
+    h = image
+    for i, filters in enumerate(encoder_filters(image_shape, architecture), start=1):
+        h = layers.Conv2D(filters, KERNEL_SIZE, strides=strides, padding="same",
+                          activation="relu", name=f"{conv_name}_{i}")(h)
+    h = layers.Flatten(name="flatten")(h)  # (batch, height * width * channels of the last map)
+    h = layers.Dense(HIDDEN_UNITS, activation="relu", name="dense_hidden")(h)
     # Heads in float32: exp(z_log_var) enters the KL and the sampling, and must not overflow a
     # 16-bit float when a mixed-precision policy is in use.
     z_mean = layers.Dense(latent_dim, name="z_mean", dtype="float32")(h)
@@ -89,17 +213,21 @@ def build_encoder(latent_dim=2, image_shape=IMAGE_SHAPE):
     return keras.Model(image, [z_mean, z_log_var], name="encoder")
 
 
-def build_decoder(latent_dim=2, image_shape=IMAGE_SHAPE):
+def build_decoder(latent_dim, image_shape, architecture="article"):
     """z -> Bernoulli means of every pixel: the encoder mirrored with transposed convolutions."""
-    height, width, channels = image_shape
+    _require_buildable(image_shape, latent_dim, architecture)
+    strides = 2 if architecture == "strided" else 1
+    deconv_name = _CONV_NAMES[architecture][1]
+    feature_shape = feature_map_shape(image_shape, architecture)
     z = keras.Input(shape=(latent_dim,), name="z")
-    h = layers.Dense(128, activation="relu", name="dense_hidden")(z)
-    h = layers.Dense(height * width * 64, activation="relu", name="dense_unflatten")(h)
-    h = layers.Reshape((height, width, 64), name="reshape")(h)  # (batch, 28, 28, 64)
-    h = layers.Conv2DTranspose(64, 3, padding="same", activation="relu", name="deconv_1")(h)
-    h = layers.Conv2DTranspose(64, 3, padding="same", activation="relu", name="deconv_2")(h)
-    h = layers.Conv2DTranspose(32, 3, padding="same", activation="relu", name="deconv_3")(h)
-    x_decoded = layers.Conv2D(channels, 3, padding="same", activation="sigmoid",
+    h = layers.Dense(HIDDEN_UNITS, activation="relu", name="dense_hidden")(z)
+    h = layers.Dense(math.prod(feature_shape), activation="relu", name="dense_unflatten")(h)
+    h = layers.Reshape(feature_shape, name="reshape")(h)  # (batch, encoder's last map shape)
+    for i, filters in enumerate(encoder_filters(image_shape, architecture)[::-1], start=1):
+        h = layers.Conv2DTranspose(filters, KERNEL_SIZE, strides=strides, padding="same",
+                                   activation="relu", name=f"{deconv_name}_{i}")(h)
+    # (batch, *image_shape)
+    x_decoded = layers.Conv2D(image_shape[-1], KERNEL_SIZE, padding="same", activation="sigmoid",
                               name="pixel_probabilities", dtype="float32")(h)
     return keras.Model(z, x_decoded, name="decoder")
 
@@ -150,9 +278,50 @@ class CVAE(keras.Model):
         return self.decoder(z_mean, training=False)
 
 
-def build_cvae(latent_dim=2, image_shape=IMAGE_SHAPE, seed=None):
-    """The article's CVAE; its encoder and decoder are usable alone as .encoder and .decoder."""
-    model = CVAE(build_encoder(latent_dim, image_shape), build_decoder(latent_dim, image_shape),
-                 seed=seed, name="cvae")
+def build_cvae(latent_dim, image_shape, architecture="article", seed=None):
+    """The CVAE; its encoder and decoder are usable alone as .encoder and .decoder."""
+    model = CVAE(build_encoder(latent_dim, image_shape, architecture),
+                 build_decoder(latent_dim, image_shape, architecture), seed=seed, name="cvae")
     model.build((None,) + tuple(image_shape))
     return model
+
+
+# ---- compute per image --------------------------------------------------------------------------
+def forward_flops_per_image(model):
+    """FLOPs (2 per multiply-add) of one image's forward pass through every Conv2D,
+    Conv2DTranspose and Dense layer of model, nested models included, from the layer shapes."""
+    return 2 * _multiply_adds_per_image(model)
+
+
+def _multiply_adds_per_image(model):
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            total += _multiply_adds_per_image(layer)
+        elif isinstance(layer, layers.Conv2DTranspose):
+            # A transposed convolution scatters every input pixel through its whole kernel, so its
+            # work is per input pixel: equal to the output's pixel count at stride 1, a quarter
+            # of it at stride 2 (counting output pixels would overstate it 4x).
+            height, width, in_channels = layer.input.shape[1:]
+            k_h, k_w = layer.kernel_size
+            total += height * width * k_h * k_w * in_channels * layer.filters
+        elif isinstance(layer, layers.Conv2D):
+            # A convolution computes only the outputs it keeps: a stride-2 one does its kernel
+            # work at the halved output resolution.
+            height, width, out_channels = layer.output.shape[1:]
+            k_h, k_w = layer.kernel_size
+            total += height * width * out_channels * k_h * k_w * layer.input.shape[-1]
+        elif isinstance(layer, layers.Dense):
+            positions = math.prod(layer.input.shape[1:-1])  # 1 after a Flatten
+            total += positions * layer.input.shape[-1] * layer.units
+    return total
+
+
+def training_gflops_per_image(model):
+    """GFLOPs of one image's training step: 3x the forward pass.
+
+    The backward pass computes, per layer, the gradient with respect to its input and with
+    respect to its weights, each a product as large as the forward one (Kaplan et al. 2020,
+    "Scaling Laws for Neural Language Models", section 2.1).
+    """
+    return 3 * forward_flops_per_image(model) / 1e9

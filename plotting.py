@@ -1,13 +1,19 @@
 """Figures, drawn headless: each plot_* function takes arrays and a path, saves a PNG atomically
-and returns the path; save_gif stitches saved PNGs into an animation."""
+and returns the path; save_gif stitches saved PNGs into an animation.
+
+Images are (n, height, width, 1) grey or (n, height, width, 3) RGB, values in [0, 1], any size.
+"""
 
 import os
+import textwrap
 
 import matplotlib
 
 matplotlib.use("Agg")  # no display needed: the script runs on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
+from matplotlib.textpath import TextPath  # noqa: E402
 
 from run_files import write_atomically  # noqa: E402
 
@@ -19,47 +25,113 @@ def _save(fig, path):
     return path
 
 
-def plot_reconstructions(originals, reconstructions, labels, path, title=None):
-    """Originals in the top row, each reconstruction directly below its original.
+def _show(ax, image):
+    """Draw one (h, w, 1) grey or (h, w, 3) RGB image, without ticks."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] not in (1, 3):
+        raise ValueError(f"expected an image shaped (height, width, 1 or 3), got {image.shape}")
+    if image.shape[-1] == 1:
+        # vmin/vmax fixed so that a faint reconstruction looks faint instead of being
+        # stretched to full contrast.
+        ax.imshow(image[..., 0], cmap="gray", vmin=0.0, vmax=1.0)
+    else:
+        # imshow clips RGB floats itself, but warns on every image a decoder overshoots.
+        ax.imshow(np.clip(image, 0.0, 1.0))
+    ax.set_xticks([])
+    ax.set_yticks([])
 
-    originals, reconstructions: (n, height, width, 1) in [0, 1]; labels: n digit labels.
-    """
-    n = len(originals)
-    fig, axes = plt.subplots(2, n, figsize=(1.25 * n + 1.1, 3.1), squeeze=False)
-    for column in range(n):
-        for row, images in enumerate((originals, reconstructions)):
-            ax = axes[row, column]
-            # vmin/vmax fixed so that a faint reconstruction looks faint instead of being
-            # stretched to full contrast.
-            ax.imshow(np.squeeze(images[column], axis=-1), cmap="gray", vmin=0.0, vmax=1.0)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[0, column].set_title(f"digit {int(labels[column])}", fontsize=10)
-    axes[0, 0].set_ylabel("original", fontsize=10)
-    axes[1, 0].set_ylabel("reconstruction", fontsize=10)
-    if title:
-        fig.suptitle(title, fontsize=11)
-    fig.subplots_adjust(wspace=0.05, hspace=0.05)
+
+def _fit(text, inches, fontsize):
+    """(text wrapped onto at most two lines, font size) that fit `inches` of width, shrinking the
+    font down to 6 pt first, so that a long class name never runs into its neighbour's."""
+    text = "" if text is None else str(text).strip()
+    if not text:
+        return "", fontsize
+    room = 0.95 * 72 * inches  # points, less a margin so that neighbours never touch
+
+    def points(line, size):  # the width the line takes when drawn in the default font
+        return TextPath((0, 0), line, size=size).get_extents().width
+
+    for size in range(fontsize, 5, -1):
+        characters = max(1, int(room * len(text) / points(text, size)))
+        lines = textwrap.wrap(text, characters, break_long_words=False)
+        if len(lines) <= 2 and all(points(line, size) <= room for line in lines):
+            return "\n".join(lines), size
+    return "\n".join(textwrap.wrap(text, characters)), size  # still too long: break words too
+
+
+def _panels(rows, row_names, path, titles=None, suptitle=None, panel_inches=1.15, fontsize=10):
+    """Rows of equally sized images, each row named on its left and each panel optionally
+    titled. Every panel is placed in inches from the image shape, so that panels sit a thin gap
+    apart whatever the height/width ratio and the captions have room above their row."""
+    n_rows, n_columns = len(rows), len(rows[0])
+    h, w = np.shape(rows[0][0])[:2]
+    # The shorter side gets panel_inches, so captions and row names keep their room whatever the
+    # shape; the longer side at most twice that, so a very long image does not make a huge figure.
+    inches_per_pixel = min(panel_inches / min(h, w), 2 * panel_inches / max(h, w))
+    width, height = w * inches_per_pixel, h * inches_per_pixel
+    # One font size for all row names, the largest at which the longest fits beside its row.
+    names = [_fit(name, height, fontsize) for name in row_names]
+    names = [_fit(name, height, min(size for _, size in names)) for name in row_names]
+    titles = [[_fit(text, width, fontsize) for text in row] for row in (titles or [[]] * n_rows)]
+    # Room for each row's titles: its tallest caption, in lines of its own font size, plus pad.
+    above = [max([(text.count("\n") + 1) * size * 1.3 / 72 + 0.1 for text, size in row if text],
+                 default=0.0) for row in titles]
+    gap = 0.06
+    between = gap + max(above[1:], default=0.0)
+    top = (0.4 if suptitle else 0.05) + above[0]
+    fig_width = n_columns * width + (n_columns - 1) * gap
+    fig_height = top + n_rows * height + (n_rows - 1) * between
+    fig = plt.figure(figsize=(fig_width, fig_height))
+    for r, images in enumerate(rows):
+        bottom = fig_height - top - r * (height + between) - height
+        for c, image in enumerate(images):
+            ax = fig.add_axes((c * (width + gap) / fig_width, bottom / fig_height,
+                               width / fig_width, height / fig_height))
+            _show(ax, image)
+            if c < len(titles[r]) and titles[r][c][0]:
+                ax.set_title(titles[r][c][0], fontsize=titles[r][c][1], pad=4)
+            if c == 0:
+                ax.set_ylabel(names[r][0], fontsize=names[r][1])
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=fontsize + 1, y=1 - 0.08 / fig_height, va="top")
     return _save(fig, path)
+
+
+def plot_reconstructions(originals, reconstructions, captions, path, title=None):
+    """Originals in the top row, each reconstruction directly below its original, each column
+    titled with its caption (a class name; None or "" for none)."""
+    return _panels((originals, reconstructions), ("original", "reconstruction"), path,
+                   titles=[list(captions) if captions is not None else [], []],
+                   suptitle=title)
 
 
 def plot_training_snapshot(originals, reconstructions, samples, epoch, path):
-    """One frame of the training movie: fixed test digits, their reconstructions, and images
+    """One frame of the training movie: fixed test images, their reconstructions, and images
     decoded from a fixed set of prior draws, so that frames differ only by what was learned."""
     n = len(originals)
-    rows = (("test digit", originals), ("reconstruction", reconstructions),
-            ("prior sample", samples[:n]))
-    fig, axes = plt.subplots(len(rows), n, figsize=(1.25 * n + 1.4, 4.2), squeeze=False)
-    for row, (name, images) in enumerate(rows):
-        for column in range(n):
-            ax = axes[row, column]
-            ax.imshow(np.squeeze(images[column], axis=-1), cmap="gray", vmin=0.0, vmax=1.0)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[row, 0].set_ylabel(name, fontsize=9)
-    fig.suptitle(f"after epoch {epoch}", fontsize=11)
-    fig.subplots_adjust(wspace=0.05, hspace=0.08)
-    return _save(fig, path)
+    return _panels((originals, reconstructions, samples[:n]),
+                   ("test image", "reconstruction", "prior sample"), path,
+                   suptitle=f"after epoch {epoch}", fontsize=9)
+
+
+def plot_interpolations(rows_of_images, row_captions, path):
+    """One row per pair of test images: start, the decoded path through latent space, end."""
+    return _panels(rows_of_images, row_captions, path, panel_inches=0.85, fontsize=9,
+                   suptitle="Linear interpolation between the posterior means of two test images")
+
+
+def plot_typical_and_atypical(images, scores, captions, path, count=10):
+    """The test images with the lowest and the highest negative ELBO, titled with their class
+    name (if captions are given) and score."""
+    order = np.argsort(scores)
+    rows = (order[:count], order[::-1][:count])
+    titles = [[f"{captions[i]}: {scores[i]:.0f}" if captions is not None else f"{scores[i]:.0f}"
+               for i in indices] for indices in rows]
+    how = "class: score" if captions is not None else "score"
+    return _panels([images[indices] for indices in rows], ("most typical", "least typical"),
+                   path, titles=titles, fontsize=9,
+                   suptitle=f"Anomaly score = per-image negative ELBO in nats (title: {how})")
 
 
 def save_gif(frame_paths, path, seconds_per_frame=0.7):
@@ -75,20 +147,40 @@ def save_gif(frame_paths, path, seconds_per_frame=0.7):
 
 
 def _image_grid(images, rows, columns):
-    """(rows * columns, h, w, 1) images -> one (rows * h, columns * w) mosaic."""
-    h, w = images.shape[1:3]
-    grid = np.asarray(images)[..., 0].reshape(rows, columns, h, w)
-    return grid.transpose(0, 2, 1, 3).reshape(rows * h, columns * w)
+    """(rows * columns, h, w, c) images -> one (rows * h, columns * w, c) mosaic, filled row by
+    row: image r * columns + c lands in block (r, c)."""
+    images = np.asarray(images)
+    n, h, w, channels = images.shape
+    if n != rows * columns:
+        raise ValueError(f"a {rows}x{columns} grid needs {rows * columns} images, got {n}")
+    grid = images.reshape(rows, columns, h, w, channels)
+    return grid.transpose(0, 2, 1, 3, 4).reshape(rows * h, columns * w, channels)
 
 
-def plot_latent_space(z_mean, labels, dims, path, title):
-    """Scatter of the test set's posterior means in two latent dimensions, coloured by digit."""
+def plot_latent_space(z_mean, labels, class_names, dims, path, title):
+    """Scatter of the test set's posterior means in two latent dimensions, coloured by class
+    when labels are given: one colour each up to 20 classes, a continuous scale beyond."""
     fig, ax = plt.subplots(figsize=(7.5, 6.5))
-    cmap = plt.get_cmap("tab10", 10)
-    points = ax.scatter(z_mean[:, dims[0]], z_mean[:, dims[1]], c=labels, cmap=cmap,
-                        vmin=-0.5, vmax=9.5, s=3, alpha=0.7, linewidths=0)
-    colorbar = fig.colorbar(points, ax=ax, ticks=range(10))
-    colorbar.set_label("digit")
+    x, y = z_mean[:, dims[0]], z_mean[:, dims[1]]
+    style = dict(s=3, alpha=0.7, linewidths=0)
+    if labels is None:
+        ax.scatter(x, y, color="tab:blue", **style)
+    else:
+        labels = np.asarray(labels).astype(int)
+        k = len(class_names) if class_names is not None else int(labels.max()) + 1
+        if k <= 20:
+            # The first k colours of a qualitative map, so that class i keeps its colour
+            # from one dataset to the next; vmin/vmax centre each colour on its label.
+            cmap = ListedColormap(plt.get_cmap("tab10" if k <= 10 else "tab20").colors[:k])
+            points = ax.scatter(x, y, c=labels, cmap=cmap, vmin=-0.5, vmax=k - 0.5, **style)
+            colorbar = fig.colorbar(points, ax=ax, ticks=range(k))
+            names = class_names if class_names is not None else range(k)
+            colorbar.set_ticklabels([str(name) for name in names])
+            colorbar.set_label("class")
+        else:
+            # Too many classes to tell apart by colour or to name on a bar: a rainbow of indices.
+            points = ax.scatter(x, y, c=labels, cmap="turbo", **style)
+            fig.colorbar(points, ax=ax).set_label("class index")
     ax.set_xlabel(f"z[{dims[0]}] (posterior mean)")
     ax.set_ylabel(f"z[{dims[1]}] (posterior mean)")
     ax.set_title(title, fontsize=10)
@@ -101,7 +193,7 @@ def plot_manifold(images, quantiles, dims, path):
     n = len(quantiles)
     fig, ax = plt.subplots(figsize=(8, 8))
     h, w = images.shape[1:3]
-    ax.imshow(_image_grid(images, n, n), cmap="gray", vmin=0.0, vmax=1.0)
+    _show(ax, _image_grid(images, n, n))
     # One tick per row/column, labelled with its z value: columns vary z[dims[0]] left to right,
     # rows vary z[dims[1]] from high (top) to low (bottom), as on a plot's axes.
     step = max(1, n // 5)
@@ -116,29 +208,11 @@ def plot_manifold(images, quantiles, dims, path):
 
 
 def plot_image_grid(images, rows, columns, path, title):
-    fig, ax = plt.subplots(figsize=(0.6 * columns + 0.5, 0.6 * rows + 0.7))
-    ax.imshow(_image_grid(images, rows, columns), cmap="gray", vmin=0.0, vmax=1.0)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    """rows x columns images as one mosaic, filled row by row (e.g. draws from the prior)."""
+    h, w = images.shape[1:3]
+    fig, ax = plt.subplots(figsize=(0.6 * columns * w / h + 0.5, 0.6 * rows + 0.7))
+    _show(ax, _image_grid(images, rows, columns))
     ax.set_title(title, fontsize=10)
-    return _save(fig, path)
-
-
-def plot_interpolations(rows_of_images, pair_labels, path):
-    """One row per pair of test digits: start, the decoded path through latent space, end."""
-    n_rows, n_steps = len(rows_of_images), len(rows_of_images[0])
-    fig, axes = plt.subplots(n_rows, n_steps, figsize=(0.9 * n_steps + 1.0, 0.95 * n_rows + 0.6),
-                             squeeze=False)
-    for row, (images, (start, end)) in enumerate(zip(rows_of_images, pair_labels)):
-        for column in range(n_steps):
-            ax = axes[row, column]
-            ax.imshow(np.squeeze(images[column], axis=-1), cmap="gray", vmin=0.0, vmax=1.0)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[row, 0].set_ylabel(f"{start} to {end}", fontsize=9)
-    fig.suptitle("Linear interpolation between the posterior means of two test digits",
-                 fontsize=10)
-    fig.subplots_adjust(wspace=0.04, hspace=0.06)
     return _save(fig, path)
 
 
@@ -162,50 +236,34 @@ def plot_learning_curves(history, path):
     return _save(fig, path)
 
 
-def plot_typical_and_atypical(images, scores, labels, path, count=10):
-    """The test digits with the lowest and the highest negative ELBO, with their scores."""
-    order = np.argsort(scores)
-    fig, axes = plt.subplots(2, count, figsize=(1.25 * count + 1.2, 3.4), squeeze=False)
-    for row, indices in enumerate((order[:count], order[::-1][:count])):
-        for column, index in enumerate(indices):
-            ax = axes[row, column]
-            ax.imshow(np.squeeze(images[index], axis=-1), cmap="gray", vmin=0.0, vmax=1.0)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(f"{int(labels[index])}: {scores[index]:.0f}", fontsize=9)
-    axes[0, 0].set_ylabel("most typical", fontsize=9)
-    axes[1, 0].set_ylabel("least typical", fontsize=9)
-    fig.suptitle("Anomaly score = per-image negative ELBO in nats (title: digit: score)",
-                 fontsize=10)
-    return _save(fig, path)
-
-
-def plot_score_histogram(scores, labels, path, holdout_digit=None):
-    """Histogram of per-image scores; the held-out digit, if any, drawn apart."""
+def plot_score_histogram(scores, is_held_out, path, holdout_name=None):
+    """Histogram of per-image scores; the held-out class, if any, drawn apart as a density."""
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     bins = np.linspace(np.percentile(scores, 0.1), np.percentile(scores, 99.9), 60)
-    if holdout_digit is None:
+    # Two densities only when there is a held-out class, named, with images in this set.
+    split = is_held_out is not None and holdout_name is not None and np.any(is_held_out)
+    if not split:
         ax.hist(scores, bins=bins, color="tab:blue")
     else:
-        held = labels == holdout_digit
+        held = np.asarray(is_held_out, dtype=bool)
         ax.hist(scores[~held], bins=bins, density=True, alpha=0.6,
-                label="digits seen in training")
+                label="classes seen in training")
         ax.hist(scores[held], bins=bins, density=True, alpha=0.6,
-                label=f"digit {holdout_digit} (held out)")
+                label=f"{holdout_name} (held out)")
         ax.legend()
     ax.set_xlabel("negative ELBO (nats), higher = more anomalous")
-    ax.set_ylabel("test images" if holdout_digit is None else "density")
+    ax.set_ylabel("density" if split else "test images")
     ax.set_title("Anomaly scores of the test set", fontsize=10)
     return _save(fig, path)
 
 
-def plot_roc(fpr, tpr, auc, holdout_digit, path):
+def plot_roc(fpr, tpr, auc, holdout_name, path):
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot(fpr, tpr, label=f"negative ELBO score, AUROC = {auc:.3f}")
     ax.plot([0, 1], [0, 1], "k:", label="chance")
-    ax.set_xlabel("false-positive rate (other digits flagged)")
-    ax.set_ylabel(f"true-positive rate (digit {holdout_digit} flagged)")
-    ax.set_title(f"Detecting the held-out digit {holdout_digit}", fontsize=10)
+    ax.set_xlabel("false-positive rate (other classes flagged)")
+    ax.set_ylabel(f"true-positive rate ({holdout_name} flagged)")
+    ax.set_title(f"Detecting the held-out class: {holdout_name}", fontsize=10)
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
     return _save(fig, path)

@@ -79,6 +79,13 @@ def remove_run(folder):
             os.remove(os.path.join(folder, name))
 
 
+def finish_run(folder):
+    """Mark a run finished: until its backup is removed, running train.py again resumes it."""
+    import shutil
+
+    shutil.rmtree(os.path.join(folder, BACKUP_FOLDER), ignore_errors=True)
+
+
 def lock_run_folder(folder):
     """Hold an exclusive lock on folder/.lock for the life of the process; False if another
     process holds it. Two runs writing into one folder would corrupt each other's backups."""
@@ -127,3 +134,117 @@ def training_complete(folder, epochs):
     """True when all `epochs` epochs are in the history and no backup is left to resume."""
     return (not os.path.isdir(os.path.join(folder, BACKUP_FOLDER))
             and len(read_history(os.path.join(folder, HISTORY_FILE))) >= epochs)
+
+
+# ---- a run's model: built from config.json, saved and loaded as weights only -------------------
+class RunError(Exception):
+    """A run folder cannot be used; the message says why and what to do."""
+
+
+def image_shape_of(config):
+    """The image shape a run was trained on (runs made before other datasets were MNIST's)."""
+    from data import MNIST_IMAGE_SHAPE
+
+    return tuple(config.get("data", {}).get("image_shape", MNIST_IMAGE_SHAPE))
+
+
+def build_model(config, seed=None):
+    """A fresh CVAE of the architecture, latent size and image shape that config describes."""
+    from cvae import build_cvae
+
+    return build_cvae(int(config["latent_dim"]), image_shape_of(config),
+                      config.get("architecture", "article"), seed=seed)
+
+
+def save_weights(model, config, weights_path):
+    """Save the model's weights alone (no optimizer state), atomically."""
+    # A fresh, uncompiled copy holds just the model's variables: half the size, and loadable
+    # into a model built from config.json without a word about missing optimizer variables.
+    bare = build_model(config)
+    bare.set_weights(model.get_weights())
+    write_atomically(weights_path, bare.save_weights)
+
+
+def load_run(run_dir):
+    """(config, model) rebuilt from a run folder's config.json and weights.
+
+    This is how any code uses a trained run: the model is built from config.json and the
+    weights, an HDF5 file of arrays (loading it runs no code), are loaded into it.
+    """
+    import sys
+
+    config_path = os.path.join(run_dir, CONFIG_FILE)
+    weights_path = os.path.join(run_dir, WEIGHTS_FILE)
+    if not os.path.isfile(config_path):
+        raise RunError(f"{config_path!r} does not exist: {run_dir!r} is not a run folder. Give "
+                       f"the out_dir of a run of train.py.")
+    try:
+        config = read_json(config_path)
+        assert int(config["latent_dim"]) > 0 and len(image_shape_of(config)) == 3
+    except (ValueError, KeyError, TypeError, AssertionError) as error:
+        raise RunError(f"{config_path!r} is not a valid run configuration ({error}). It may have "
+                       f"been edited by hand; train again or restore it.") from None
+    if not os.path.isfile(weights_path):
+        raise RunError(f"{weights_path!r} does not exist: the run in {run_dir!r} has not "
+                       f"finished. Run train.py with the same out_dir again to finish (resume) it.")
+    model = build_model(config)
+    try:
+        model.load_weights(weights_path)
+    except Exception as error:  # h5py and Keras raise many kinds for a bad or foreign file
+        raise RunError(
+            f"The weights in {weights_path!r} do not fit the model that {config_path!r} "
+            f"describes, or the file is damaged: "
+            f"{type(error).__name__}: {str(error).splitlines()[0][:300]}") from None
+    if not training_complete(run_dir, config.get("epochs", 0)):
+        done = len(read_history(os.path.join(run_dir, HISTORY_FILE)))
+        print(f"warning: the run in {run_dir!r} is unfinished ({done} of {config.get('epochs')} "
+              f"epochs): these are the numbers of an interrupted model. Run train.py with the "
+              f"same out_dir again to finish it.", file=sys.stderr)
+    return config, model
+
+
+# ---- the run folder of train.py ----------------------------------------------------------------
+def prepare_out_dir(out_dir, config):
+    """Make out_dir ready and lock it; False when it already holds this very run, finished.
+
+    A run made with other hyperparameters is refused unless overwrite=True (train.py deletes it
+    once the data is checked); an unfinished one with the same hyperparameters is resumed.
+    """
+    from configurator import ConfigError
+
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ConfigError(f"out_dir {out_dir!r} is a file, not a folder. Name a folder (it is "
+                          f"created if missing) with --out_dir=...")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        os.remove(atomic_path(os.path.join(out_dir, "write-test")))
+    except OSError as error:
+        raise ConfigError(f"Cannot write into out_dir {out_dir!r}: {error.strerror}. Choose a "
+                          f"folder you can write to with --out_dir=...") from None
+    if not lock_run_folder(out_dir):
+        raise ConfigError(f"Another train.py is running in {out_dir!r}. Wait for it to end, or "
+                          f"choose another --out_dir.")
+    path = lambda name: os.path.join(out_dir, name)  # noqa: E731
+    if not config["overwrite"] and os.path.exists(path(CONFIG_FILE)):
+        try:
+            old = read_json(path(CONFIG_FILE))
+            assert isinstance(old, dict)
+        except (ValueError, AssertionError):
+            raise ConfigError(f"{path(CONFIG_FILE)!r} is not a run configuration, so the run in "
+                              f"{out_dir!r} cannot be checked. Choose another --out_dir, or pass "
+                              f"--overwrite=True to replace it.") from None
+        changed = sorted(key for key in config if key not in ("overwrite", "out_dir")
+                         and old.get(key) != config[key])
+        if changed:
+            raise ConfigError(
+                f"{out_dir!r} already holds a run with other hyperparameters "
+                f"({'; '.join(f'{k}: {old.get(k)!r} there, {config[k]!r} now' for k in changed)})."
+                f" Choose another --out_dir, or pass --overwrite=True to replace that run.")
+        if os.path.exists(path(METRICS_FILE)) and training_complete(out_dir, config["epochs"]):
+            print(f"{out_dir!r} already holds this run, finished. Nothing to do: look at its "
+                  f"figures, run `python evaluate.py {out_dir}` to evaluate it again, or pass "
+                  f"--overwrite=True to train it again from scratch.")
+            return False
+    for folder in (out_dir, path(BACKUP_FOLDER), path(SNAPSHOT_FOLDER)):
+        remove_stale_temporaries(folder)
+    return True

@@ -21,15 +21,21 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from keras import layers, ops  # noqa: E402
+import keras
+import numpy as np
+from keras import layers, ops
 
-from callbacks import DivergenceGuard  # noqa: E402
-from cvae import IMAGE_SHAPE, build_cvae, kl_to_standard_normal  # noqa: E402
-from data import load_mnist  # noqa: E402
-from evaluation import decode, encode  # noqa: E402
-from optimization import make_optimizer  # noqa: E402
+from callbacks import DivergenceGuard
+from cvae import (
+    build_cvae,
+    forward_flops_per_image,
+    kl_to_standard_normal,
+    training_gflops_per_image,
+)
+from data import MNIST_IMAGE_SHAPE, load_mnist
+from measures import decode, encode
+from optimization import make_optimizer
+from timing import StepTimer
 
 
 # ---- the baseline: plain Keras, as a reader of the article would write it today ---------------
@@ -45,65 +51,28 @@ def summed_binary_crossentropy(x, x_decoded):
 
 
 def build_baseline(latent_dim=2):
-    x = keras.Input(IMAGE_SHAPE)
+    height, width, channels = MNIST_IMAGE_SHAPE
+    x = keras.Input(MNIST_IMAGE_SHAPE)
     h = layers.Conv2D(32, 3, padding="same", activation="relu")(x)
     h = layers.Conv2D(64, 3, padding="same", activation="relu")(h)
     h = layers.Conv2D(64, 3, padding="same", activation="relu")(h)
     h = layers.Dense(128, activation="relu")(layers.Flatten()(h))
     z = BaselineSampling()([layers.Dense(latent_dim)(h), layers.Dense(latent_dim)(h)])
     h = layers.Dense(128, activation="relu")(z)
-    h = layers.Reshape((28, 28, 64))(layers.Dense(28 * 28 * 64, activation="relu")(h))
+    h = layers.Reshape((height, width, 64))(layers.Dense(height * width * 64, activation="relu")(h))
     h = layers.Conv2DTranspose(64, 3, padding="same", activation="relu")(h)
     h = layers.Conv2DTranspose(64, 3, padding="same", activation="relu")(h)
     h = layers.Conv2DTranspose(32, 3, padding="same", activation="relu")(h)
-    x_decoded = layers.Conv2D(1, 3, padding="same", activation="sigmoid")(h)
+    x_decoded = layers.Conv2D(channels, 3, padding="same", activation="sigmoid")(h)
     model = keras.Model(x, x_decoded)
     model.compile(optimizer=keras.optimizers.RMSprop(1e-4), loss=summed_binary_crossentropy)
     return model
 
 
-# ---- FLOPs from the layer shapes ----------------------------------------------------------------
-def forward_flops_per_image(model):
-    """Multiply-adds x 2 of every Conv2D, Conv2DTranspose and Dense layer, for one image."""
-    total = 0
-    for sub in (model.encoder, model.decoder):
-        for layer in sub.layers:
-            if isinstance(layer, (layers.Conv2D, layers.Conv2DTranspose)):
-                height, width, out_channels = layer.output.shape[1:]
-                in_channels = layer.input.shape[-1]
-                k_h, k_w = layer.kernel_size
-                total += 2 * height * width * out_channels * k_h * k_w * in_channels
-            elif isinstance(layer, layers.Dense):
-                total += 2 * layer.input.shape[-1] * layer.units
-    return total
-
-
 # ---- timing -------------------------------------------------------------------------------------
-class StepTimer(keras.callbacks.Callback):
-    """Wall-clock time of every training step. It only reads a clock, so it costs nothing.
-
-    Per-step times let the benchmark report the median step, which is immune to the pauses of a
-    few seconds that this shared machine's host imposes every half-minute or so (the whole process
-    sleeps, the CPU shows idle), and that would otherwise land in one variant's repetition.
-    Every variant, the baseline included, runs with it. A per-batch callback makes Keras wait for
-    each step's results before the next; on a CPU steps run synchronously anyway, on a GPU this
-    hides the cost of the +guard variant's own per-batch check.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.seconds = []
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.seconds.append(time.perf_counter() - self._start)
-
-
 def make_project_model(precision, jit_compile, fused):
     keras.mixed_precision.set_dtype_policy(precision)
-    model = build_cvae(2, IMAGE_SHAPE, seed=0)
+    model = build_cvae(2, MNIST_IMAGE_SHAPE, seed=0)
     # "auto", as in train.py and the baseline: Keras compiles the whole step with XLA on a GPU and
     # not on a CPU. +xla forces it on.
     model.compile(optimizer=make_optimizer("rmsprop", 1e-4, total_steps=10**6, warmup_steps=0,
@@ -169,9 +138,11 @@ def main():
     for variant in args.variants.split(","):
         precision, *extras = variant.split("+")
         models[variant] = make_project_model(precision, "xla" in extras, "plain" not in extras)
-    flops = forward_flops_per_image(models[args.variants.split(",")[0]])
-    print(f"FLOPs per image: forward {flops / 1e9:.3f} GFLOP, training step ~3x forward = "
-          f"{3 * flops / 1e9:.3f} GFLOP (Conv2D, Conv2DTranspose and Dense layers)")
+    project = models[args.variants.split(",")[0]]
+    training_gflops = training_gflops_per_image(project)
+    print(f"FLOPs per image: forward {forward_flops_per_image(project) / 1e9:.3f} GFLOP, training "
+          f"step ~3x forward = {training_gflops:.3f} GFLOP (Conv2D, Conv2DTranspose and Dense "
+          f"layers)")
     for name, model in models.items():  # warm-up: tracing and one-off allocations
         time_fit(model, warmup, args.batch_size, name)
 
@@ -190,7 +161,7 @@ def main():
           f"pauses), then from the wall clock of whole repetitions (median):")
     for name in models:
         rate = step_rate[name]
-        achieved = rate * 3 * flops / 1e9
+        achieved = rate * training_gflops
         print(f"  {name:24s} {rate:6.1f} images/s ({rate / step_rate['baseline']:4.2f}x baseline, "
               f"{achieved:5.1f} GFLOP/s = {achieved / peak:4.0%} of the matmul peak, "
               f"{60000 / rate:4.0f} s per 60,000 images); wall clock "
@@ -202,9 +173,10 @@ def main():
     z_mean, _ = encode(model, x_test)
     decode(model, z_mean.astype("float32"))
     seconds = time.perf_counter() - start
+    rate = len(x_test) / seconds
     print(f"Evaluation: encode + decode of {len(x_test)} test images in {seconds:.1f} s = "
-          f"{len(x_test) / seconds:.0f} images/s ({len(x_test) / seconds / step_rate['baseline']:.1f}x "
-          f"the baseline's training rate)")
+          f"{rate:.0f} images/s ({rate / step_rate['baseline']:.1f}x the baseline's training "
+          f"rate)")
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(f"Peak resident memory of this process: {peak_kib / 1024**2:.2f} GiB")
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import run_script
-from evaluate import manifold_grid
-from evaluation import auroc, importance_weighted_bound, latent_activity, roc_curve
+from measures import auroc, importance_weighted_bound, latent_activity, roc_curve
+from report import manifold_grid
 
 
 def brute_force_auroc(scores, is_positive):

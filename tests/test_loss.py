@@ -2,6 +2,7 @@ import keras
 import numpy as np
 
 from cvae import PROBABILITY_EPSILON, build_cvae, negative_elbo_terms
+from data import MNIST_IMAGE_SHAPE
 
 
 def numpy_negative_elbo(x, p, mu, log_var):
@@ -44,7 +45,7 @@ def test_a_perfect_reconstruction_costs_almost_nothing():
 
 def test_reported_loss_is_the_sum_of_its_terms():
     keras.utils.set_random_seed(0)
-    model = build_cvae(latent_dim=2, seed=0)
+    model = build_cvae(latent_dim=2, image_shape=MNIST_IMAGE_SHAPE, seed=0)
     model.compile(optimizer="rmsprop")
     # 70 images in batches of 32: a smaller last batch must not break loss == rec + kl.
     x = np.random.default_rng(0).random((70, 28, 28, 1)).astype("float32")

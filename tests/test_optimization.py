@@ -70,12 +70,13 @@ def test_fit_takes_the_fused_path_and_trains_the_model_as_keras_would():
     import keras
 
     from cvae import build_cvae
+    from data import MNIST_IMAGE_SHAPE
 
     images = np.random.default_rng(1).random((24, 28, 28, 1)).astype("float32")
     trained = {}
     for fused in (False, True):
         keras.utils.set_random_seed(0)
-        model = build_cvae(2, seed=0)
+        model = build_cvae(2, MNIST_IMAGE_SHAPE, seed=0)
         optimizer = make_optimizer("rmsprop", 1e-3, total_steps=3, warmup_steps=1, fused=fused)
         model.compile(optimizer=optimizer)
         start = [w.numpy() for w in model.trainable_weights]

@@ -62,11 +62,10 @@ def test_one_epoch_on_a_small_file_writes_the_whole_run(finished_run):
     assert not (out_dir / "backup").exists()  # train.py removes it once the run is evaluated
 
     # The saved weights rebuild the same model.
-    from cvae import build_cvae
     from data import load_mnist
+    from run_files import load_run
 
-    model = build_cvae(latent_dim=2)
-    model.load_weights(str(out_dir / "cvae.weights.h5"))
+    _, model = load_run(str(out_dir))
     (_, _), (x_test, _) = load_mnist(fake_mnist_path)
     reconstructions = model.predict(x_test[:5], verbose=0)
     assert reconstructions.shape == (5, 28, 28, 1) and np.isfinite(reconstructions).all()
@@ -86,7 +85,11 @@ def test_one_epoch_on_a_small_file_writes_the_whole_run(finished_run):
     (["--batch_size=big"], "expected an integer"),
     (["--data_path=/no/such/mnist.npz"], "does not exist"),
     (["--seed=-1"], "seed must be in"),
-    (["--holdout_digit=10"], "holdout_digit must be None or a digit"),
+    (["--image_size=2"], "image_size must be None or 4 to 2048"),
+    (["--channels=2"], "channels must be None, 1 (grey) or 3"),
+    (["--test_fraction=1.5"], "test_fraction must be between 0 and 1"),
+    (["--architecture=resnet"], "architecture must be article or strided"),
+    (["--dataset=imagenet"], "mnist, fashion_mnist, cifar10"),
     (["--precision=float8"], "precision must be one of"),
 ])
 def test_bad_input_is_refused_in_one_message(tmp_path, arguments, message):
@@ -107,15 +110,14 @@ def test_short_training_on_real_mnist_learns(real_mnist_path):
     import keras
 
     from cvae import build_cvae
-    from data import load_mnist
-    from evaluation import (importance_log_weights, importance_weighted_bound,
-                            per_image_negative_elbo)
+    from data import MNIST_IMAGE_SHAPE, load_mnist
+    from measures import importance_log_weights, importance_weighted_bound, per_image_negative_elbo
     from optimization import make_optimizer
 
     (x_train, _), (x_test, _) = load_mnist(real_mnist_path)
     x_train, x_test = x_train[:3200], x_test[:1000]
     keras.utils.set_random_seed(0)
-    model = build_cvae(latent_dim=2, seed=0)
+    model = build_cvae(latent_dim=2, image_shape=MNIST_IMAGE_SHAPE, seed=0)
     untrained = sum(per_image_negative_elbo(model, x_test)).mean()
     model.compile(optimizer=make_optimizer("rmsprop", 1e-3, total_steps=50, warmup_steps=10))
     model.fit(x_train, batch_size=64, epochs=1, verbose=0)
@@ -139,32 +141,32 @@ def test_the_same_seed_gives_the_same_first_epoch(fake_mnist_path):
     import keras
 
     from cvae import build_cvae
-    from data import load_mnist
+    from data import MNIST_IMAGE_SHAPE, load_mnist
     from optimization import make_optimizer
 
     (x_train, _), _ = load_mnist(fake_mnist_path)
     losses = []
     for _ in range(2):
         keras.utils.set_random_seed(7)
-        model = build_cvae(latent_dim=2, seed=7)
+        model = build_cvae(latent_dim=2, image_shape=MNIST_IMAGE_SHAPE, seed=7)
         model.compile(optimizer=make_optimizer("rmsprop", 1e-3, total_steps=8, warmup_steps=2))
         losses.append(model.fit(x_train, batch_size=16, epochs=1, verbose=0).history["loss"][0])
     assert losses[0] == pytest.approx(losses[1], rel=1e-3)
 
 
-def test_holdout_digit_is_left_out_and_scored(tmp_path, fake_mnist_path):
+def test_holdout_class_is_left_out_and_scored(tmp_path, fake_mnist_path):
     out_dir = tmp_path / "run"
     result = run_train(f"--data_path={fake_mnist_path}", f"--out_dir={out_dir}", "--epochs=1",
-                       "--batch_size=32", "--warmup_steps=2", "--holdout_digit=3")
+                       "--batch_size=32", "--warmup_steps=2", "--holdout_class=3")
     assert result.returncode == 0, result.stderr[-3000:]
     # 120 fake images, 12 of each digit: the 12 threes are left out of training.
-    assert "MNIST: 108 training" in result.stdout
+    assert ": 108 training and 60 test images" in result.stdout
     metrics = json.loads((out_dir / "metrics.json").read_text())
-    assert metrics["holdout_digit"] == 3 and 0.0 <= metrics["auroc"] <= 1.0
-    assert "AUROC for the held-out digit 3" in result.stdout
+    assert metrics["holdout_class"] == "3" and 0.0 <= metrics["auroc"] <= 1.0
+    assert "AUROC for the held-out class 3" in result.stdout
     # The reported AUROC is that of the saved per-image scores.
     from data import load_mnist
-    from evaluation import auroc
+    from measures import auroc
 
     _, (_, y_test) = load_mnist(fake_mnist_path)
     scores = np.load(out_dir / "test_scores.npy")

@@ -59,6 +59,12 @@ def per_image_negative_elbo(model, x, seed=0, batch_size=EVAL_BATCH_SIZE):
                               batch_size)
 
 
+def bits_per_dim(nats_per_image, image_shape):
+    """A per-image negative log-likelihood in nats as bits per dimension (pixel and channel),
+    the unit image likelihoods are usually reported in: nats / (H * W * C * ln 2)."""
+    return float(nats_per_image) / (math.prod(image_shape) * math.log(2.0))
+
+
 def mean_and_standard_error(values):
     values = np.asarray(values, dtype=np.float64)
     return float(values.mean()), float(values.std(ddof=1) / np.sqrt(len(values)))

@@ -1,0 +1,167 @@
+"""The test-set report of a trained model: compute every metric, then draw every figure, then
+write metrics.json and the per-image scores into the run folder.
+
+train.py calls evaluate_run() at its end and evaluate.py calls it on a finished run, so both write
+the same files.
+"""
+
+import os
+import statistics
+import time
+
+import numpy as np
+
+import measures
+import plotting
+import run_files
+from data import one_image_per_class
+
+# How much evaluation to do; the defaults keep a full evaluation to a couple of minutes on two
+# CPU cores. evaluate.py takes them as --name=value.
+EVALUATION_DEFAULTS = {
+    "iwae_samples": 64,  # K, importance samples per image for the log-likelihood estimate
+    "iwae_images": 1000,  # test images for that estimate (it costs K decoder passes per image)
+    "manifold_size": 20,  # the manifold figure is a manifold_size x manifold_size grid
+    "eval_seed": 0,  # seeds the z samples of the evaluation
+}
+INTERPOLATION_STEPS = 10
+
+
+def check_settings(settings):
+    from configurator import require
+
+    for name in ("iwae_samples", "iwae_images", "manifold_size"):
+        require(settings[name] >= 1, f"{name} must be at least 1, not {settings[name]}.")
+    require(0 <= settings["eval_seed"] < 2**32,
+            f"eval_seed must be in 0 .. 2**32 - 1, not {settings['eval_seed']}.")
+
+
+def evaluate_run(model, config, data, run_dir, settings=None):
+    """Compute every metric of a trained model on data's test split, then draw every figure."""
+    settings = {**EVALUATION_DEFAULTS, **(settings or {})}
+    started = time.perf_counter()
+    rng = np.random.default_rng(settings["eval_seed"])
+    path = lambda name: os.path.join(run_dir, name)  # noqa: E731
+    x_test, y_test = data.x_test, data.y_test
+
+    # The negative ELBO of every test image: encode once, one z sample, decode once.
+    z_mean, z_log_var = measures.encode(model, x_test)
+    reconstruction, kl = measures.elbo_from_encoding(model, x_test, z_mean, z_log_var, rng)
+    scores = reconstruction + kl
+    metrics = measures.summarize_negative_elbo(reconstruction, kl)
+    metrics["test_bits_per_dim"] = measures.bits_per_dim(metrics["test_negative_elbo"],
+                                                         data.image_shape)
+    metrics["iwae"] = importance_weighted_estimates(model, x_test, scores, settings)
+    metrics.update(measures.latent_activity(z_mean, z_log_var))
+
+    # Anomaly detection: how well the score tells the held-out class from the others.
+    is_held_out, holdout_name = None, None
+    if config.get("holdout_class") is not None:
+        holdout = data.class_index(config["holdout_class"])
+        is_held_out, holdout_name = y_test == holdout, data.caption(holdout)
+        metrics["holdout_class"] = holdout_name
+        metrics["auroc"] = measures.auroc(scores, is_held_out)
+
+    history = run_files.read_history(path(run_files.HISTORY_FILE))
+    seconds = [row["epoch_seconds"] for row in history if "epoch_seconds" in row]
+    metrics["seconds_per_epoch"] = float(np.mean(seconds)) if seconds else None
+    metrics["per_epoch"] = history
+
+    # Every image the figures show. For latent_dim > 2 the two dimensions with the largest KL.
+    latent_dim = z_mean.shape[1]
+    dims = ([0, min(1, latent_dim - 1)] if latent_dim <= 2 else
+            [int(d) for d in np.argsort(metrics["kl_per_dimension"])[::-1][:2]])
+    shown_x, shown_captions = one_image_per_class(x_test, y_test, data.class_names,
+                                                  seed=config.get("seed", 0))
+    shown_mean, _ = measures.encode(model, shown_x)
+    shown_reconstructions = measures.decode(model, shown_mean)
+    quantiles, grid = manifold_grid(settings["manifold_size"], latent_dim, dims)
+    manifold = measures.decode(model, grid)
+    samples = measures.decode(model, rng.standard_normal((100, latent_dim)).astype("float32"))
+    names = shown_captions or [f"image {i + 1}" for i in range(len(shown_x))]
+    pairs = [(a, a + 1) for a in range(0, len(shown_x) - 1, 2)]
+    steps = np.linspace(0.0, 1.0, INTERPOLATION_STEPS)[:, None]
+    path_z = np.concatenate([(1 - steps) * shown_mean[a] + steps * shown_mean[b]
+                             for a, b in pairs]).astype("float32")
+    interpolations = measures.decode(model, path_z).reshape(
+        (len(pairs), INTERPOLATION_STEPS) + data.image_shape)
+    test_captions = None if y_test is None else [data.caption(label) for label in y_test]
+
+    # Then the figures.
+    kind = "Test images" if shown_captions is None else "One test image per class"
+    plotting.plot_reconstructions(
+        shown_x, shown_reconstructions, shown_captions, path(run_files.RECONSTRUCTIONS_FILE),
+        title=f"{kind} (top) and its reconstruction from z_mean (bottom)")
+    dims_note = ("" if latent_dim <= 2 else
+                 f" (dimensions {dims[0]} and {dims[1]}: the two with the largest KL)")
+    plotting.plot_latent_space(z_mean, y_test, data.class_names, dims, path("latent_space.png"),
+                               f"Posterior means of the {len(x_test)} test images{dims_note}")
+    plotting.plot_manifold(manifold, quantiles, dims, path("manifold.png"))
+    plotting.plot_image_grid(samples, 10, 10, path("samples.png"),
+                             "100 images decoded from z ~ N(0, I) (Bernoulli means)")
+    plotting.plot_interpolations(interpolations, [f"{names[a]} to {names[b]}" for a, b in pairs],
+                                 path("interpolation.png"))
+    if history:
+        plotting.plot_learning_curves(history, path("learning_curves.png"))
+    plotting.plot_typical_and_atypical(x_test, scores, test_captions, path("anomalies.png"))
+    plotting.plot_score_histogram(scores, is_held_out, path("score_histogram.png"), holdout_name)
+    if is_held_out is not None:
+        fpr, tpr = measures.roc_curve(scores, is_held_out)
+        plotting.plot_roc(fpr, tpr, metrics["auroc"], holdout_name, path("roc.png"))
+    run_files.write_atomically(path(run_files.SCORES_FILE),
+                               lambda temporary: np.save(temporary, scores.astype("float32")))
+
+    metrics["evaluation_seconds"] = time.perf_counter() - started
+    run_files.write_json(path(run_files.METRICS_FILE), metrics)
+    print_metrics(metrics)
+    return metrics
+
+
+def importance_weighted_estimates(model, x_test, scores, settings):
+    """log p(x) bounds at several K on the first iwae_images test images (Burda et al. 2015)."""
+    n_iwae = min(settings["iwae_images"], len(x_test))
+    log_weights = measures.importance_log_weights(model, x_test[:n_iwae],
+                                                  settings["iwae_samples"],
+                                                  seed=settings["eval_seed"])
+    ks = sorted({1, *[k for k in (8, 64, 256, 1024) if k < settings["iwae_samples"]],
+                 settings["iwae_samples"]})
+    iwae = {"images": n_iwae, "k": ks, "log_likelihood": [], "stderr": []}
+    for k in ks:
+        mean, stderr = measures.mean_and_standard_error(
+            measures.importance_weighted_bound(log_weights, k))
+        iwae["log_likelihood"].append(mean)
+        iwae["stderr"].append(stderr)
+    iwae["elbo_same_images"] = -float(np.mean(scores[:n_iwae]))
+    return iwae
+
+
+def manifold_grid(n, latent_dim, dims):
+    """Normal quantiles at evenly spaced probabilities, and the n*n latent codes of the grid.
+
+    As in Kingma & Welling's figure 4, the prior's probability mass, not z itself, is spaced
+    evenly. Row-major; the top row has the highest z[dims[1]], as on a plot's y axis; the other
+    latent dimensions stay at 0, the prior's mode.
+    """
+    quantiles = np.array([statistics.NormalDist().inv_cdf(p)
+                          for p in np.linspace(0.5 / n, 1 - 0.5 / n, n)])
+    grid = np.zeros((n, n, latent_dim), "float32")
+    grid[:, :, dims[0]] = quantiles[None, :]
+    grid[:, :, dims[1]] = quantiles[::-1, None]
+    return quantiles, grid.reshape(n * n, latent_dim)
+
+
+def print_metrics(metrics):
+    print(f"Test negative ELBO: {metrics['test_negative_elbo']:.2f} "
+          f"± {metrics['test_negative_elbo_stderr']:.2f} nats "
+          f"(reconstruction {metrics['test_reconstruction']:.2f} + KL {metrics['test_kl']:.2f}), "
+          f"{metrics['test_bits_per_dim']:.4f} bits per dimension")
+    iwae = metrics["iwae"]
+    print(f"On the first {iwae['images']} test images: ELBO {iwae['elbo_same_images']:.2f}; "
+          f"importance-weighted log p(x) estimate: " + ", ".join(
+              f"K={k}: {value:.2f} ± {se:.2f}"
+              for k, value, se in zip(iwae["k"], iwae["log_likelihood"], iwae["stderr"])))
+    print(f"Active latent units: {metrics['active_units']} of "
+          f"{len(metrics['kl_per_dimension'])}; KL per dimension: "
+          + ", ".join(f"{value:.2f}" for value in metrics["kl_per_dimension"]))
+    if "auroc" in metrics:
+        print(f"AUROC for the held-out class {metrics['holdout_class']}: {metrics['auroc']:.3f}")
