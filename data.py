@@ -117,6 +117,9 @@ def load_dataset(dataset="mnist", data_path=None, image_size=None, channels=None
             f"nor an existing .npz file or folder of images. Check the spelling or the path (a "
             f"relative path is taken from {os.getcwd()!r}).")
     x_train, y_train, x_test, y_test = _check_arrays(arrays, class_names, description)
+    if y_train is not None and class_names is None:
+        # Labels without names: the label numbers name the classes.
+        class_names = [str(label) for label in range(int(y_train.max()) + 1)]
     if x_test is None:
         (x_train, y_train), (x_test, y_test) = _split(x_train, y_train, test_fraction, seed,
                                                       description)
@@ -302,6 +305,8 @@ def _check_arrays(arrays, class_names, source):
             checked += [None, None]
             continue
         x, y = arrays[f"x_{split}"], arrays.get(f"y_{split}")
+        if y is not None and y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]  # Keras's CIFAR-10 labels are shaped (N, 1)
         if x.ndim == 4 and x.shape[-1] not in (1, 3) or x.ndim not in (3, 4):
             fail(f"x_{split} has shape {x.shape}; expected (N, height, width) grey images, or "
                  f"(N, height, width, 1) / (N, height, width, 3).")
@@ -340,10 +345,11 @@ def _check_arrays(arrays, class_names, source):
 
 def _split(x, y, test_fraction, seed, source):
     """A reproducible random hold-out of round(test_fraction * N) images (at least one)."""
-    n_test = max(1, round(test_fraction * len(x)))
+    # At least two test images: the evaluation's standard errors and figures need two.
+    n_test = max(2, round(test_fraction * len(x)))
     if len(x) - n_test < 1:
-        raise DataError(f"{source} holds {len(x)} image(s): too few to hold out a test split and "
-                        f"train on the rest. Give at least two images.")
+        raise DataError(f"{source} holds {len(x)} image(s): too few to hold out a test split of "
+                        f"at least two and train on the rest. Give at least three images.")
     order = np.random.default_rng(seed).permutation(len(x))
     test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
     pick = lambda values, index: None if values is None else values[index]  # noqa: E731
@@ -385,22 +391,47 @@ def _load_folder(root, image_size, channels, test_fraction, seed, stream):
                                 f"which train/ lacks: every test class needs training images.")
             test_labels = np.array([class_names.index(test_names[i]) for i in test_labels])
     else:
-        # No train/ + test/ pair: a reproducible share of the images is held out.
-        files, labels, class_names = _list_images(root)
-        (train_index, train_labels), (test_index, test_labels) = _split(
-            np.arange(len(files)), labels, test_fraction, seed, description)
-        train_files = [files[i] for i in train_index]
-        test_files = [files[i] for i in test_index]
+        train_files, train_labels, class_names = _list_images(root)
+        test_files, test_labels = [], None
     size, channels = _choose_shape(root, train_files + test_files, image_size, channels)
-    train_bytes = 4 * len(train_files) * size[0] * size[1] * channels
-    stream = train_bytes > MEMORY_BUDGET if stream is None else stream
+    bytes_per_image = 4 * size[0] * size[1] * channels
+    train_share = 1.0 if test_files else 1.0 - test_fraction
+    if stream is None:
+        stream = train_share * len(train_files) * bytes_per_image > MEMORY_BUDGET
+    # Every file is decoded once here, so that unreadable ones are dropped before the split.
     train_files, train_labels, x_train = _decode(train_files, train_labels, size, channels,
                                                  keep=not stream)
-    # The test split is always held in memory: the evaluation scores every test image.
-    _, test_labels, x_test = _decode(test_files, test_labels, size, channels, keep=True)
+    if test_files:
+        test_files, test_labels, x_test = _decode(test_files, test_labels, size, channels,
+                                                  keep=False)
+    else:
+        # No train/ + test/ pair: a reproducible share of the images is held out.
+        (train_index, train_labels), (test_index, test_labels) = _split(
+            np.arange(len(train_files)), train_labels, test_fraction, seed, description)
+        test_files = [train_files[i] for i in test_index]
+        if x_train is not None:
+            x_train = x_train[train_index]
+        train_files = [train_files[i] for i in train_index]
+    if len(test_files) < 2:
+        raise DataError(f"The test split of {description} holds {len(test_files)} readable "
+                        f"image(s); the evaluation needs at least two. Add test images.")
+    if len(test_files) * bytes_per_image > MEMORY_BUDGET:
+        raise DataError(f"The {len(test_files)} test images of {description} would take "
+                        f"{len(test_files) * bytes_per_image / 2**30:.1f} GiB as float32, more "
+                        f"than the {MEMORY_BUDGET / 2**30:.1f} GiB this machine can spare; the "
+                        f"evaluation holds the test split in memory. Lower --test_fraction or "
+                        f"--image_size, or move images out of test/.")
+    # The test split is held in memory: the evaluation scores every test image.
+    x_test = np.stack([image_files.prepare_file(path, size, channels) for path in test_files])
+    # A seeded order, so that train_subset takes images of every class, not the first folders.
+    order = np.random.default_rng(seed).permutation(len(train_files))
+    train_files = [train_files[i] for i in order]
+    train_labels = None if train_labels is None else train_labels[order]
+    x_train = None if x_train is None else x_train[order]
     if stream:
         print(f"Streaming the {len(train_files)} training images from disk in each epoch "
-              f"(as float32 they would take {train_bytes / 2**30:.2f} GiB).")
+              f"(as float32 they would take {len(train_files) * bytes_per_image / 2**30:.2f} "
+              f"GiB).")
     return ImageData((*size, channels), x_train, train_labels, x_test, test_labels, class_names,
                      description, train_files=train_files if stream else None)
 
@@ -463,9 +494,13 @@ def _choose_shape(root, paths, image_size, channels):
 
 
 def _decode(paths, labels, size, channels, keep):
-    """Decode every file once: drop (with a warning) those that fail; keep the pixels if asked."""
-    results = image_files.map_files(
-        lambda path: image_files.prepare_file(path, size, channels), paths)
+    """Decode every file once: drop (with a warning) those that fail; keep the pixels if asked
+    (else only each image's shape is kept, so that a folder to be streamed is never held whole)."""
+    def decode(path):
+        pixels = image_files.prepare_file(path, size, channels)
+        return pixels if keep else pixels.shape
+
+    results = image_files.map_files(decode, paths)
     failed = [(path, error) for path, _, error in results if error is not None]
     if failed:
         named = "; ".join(f"{path} ({error})" for path, error in failed[:MAX_NAMED_FILES])

@@ -24,10 +24,14 @@ def main(argv):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from data import load_dataset_of_run
     from report import evaluate_run
-    from run_files import load_run
+    from run_files import load_run, require_same_data
 
     config, model = load_run(run_dir)
-    evaluate_run(model, config, load_dataset_of_run(config), run_dir, settings)
+    data = load_dataset_of_run(config)
+    require_same_data(run_dir, config.get("data"), {
+        "image_shape": list(data.image_shape), "class_names": data.class_names,
+        "test_images": len(data.x_test)})
+    evaluate_run(model, config, data, run_dir, settings)
     print(f"Figures and metrics.json written to {run_dir}/")
     return 0
 

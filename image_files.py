@@ -16,6 +16,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # The formats Keras's image_dataset_from_directory reads; the extension's letter case is ignored.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+EXIF_ORIENTATION = 0x0112
+ROTATED_A_QUARTER = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 # Errors Pillow raises for a file that is not a readable image (truncated, corrupt, foreign).
 UNREADABLE = (UnidentifiedImageError, OSError, ValueError, SyntaxError,
               Image.DecompressionBombError)
@@ -48,6 +50,8 @@ def read_header(path):
     """(height, width, is_grey) from a file's header, without decoding its pixels."""
     with Image.open(path) as image:
         width, height = image.size
+        if image.getexif().get(EXIF_ORIENTATION) in ROTATED_A_QUARTER:
+            width, height = height, width  # the size prepare_file sees after exif_transpose
         if image.mode == "P":
             # A palette image is grey when every palette entry has R == G == B.
             palette = np.asarray(image.getpalette() or [], dtype=np.int64).reshape(-1, 3)

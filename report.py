@@ -80,11 +80,13 @@ def evaluate_run(model, config, data, run_dir, settings=None):
     samples = measures.decode(model, rng.standard_normal((100, latent_dim)).astype("float32"))
     names = shown_captions or [f"image {i + 1}" for i in range(len(shown_x))]
     pairs = [(a, a + 1) for a in range(0, len(shown_x) - 1, 2)]
-    steps = np.linspace(0.0, 1.0, INTERPOLATION_STEPS)[:, None]
-    path_z = np.concatenate([(1 - steps) * shown_mean[a] + steps * shown_mean[b]
-                             for a, b in pairs]).astype("float32")
-    interpolations = measures.decode(model, path_z).reshape(
-        (len(pairs), INTERPOLATION_STEPS) + data.image_shape)
+    interpolations = None
+    if pairs:  # a test split of one class shows one image, and there is nothing to join
+        steps = np.linspace(0.0, 1.0, INTERPOLATION_STEPS)[:, None]
+        path_z = np.concatenate([(1 - steps) * shown_mean[a] + steps * shown_mean[b]
+                                 for a, b in pairs]).astype("float32")
+        interpolations = measures.decode(model, path_z).reshape(
+            (len(pairs), INTERPOLATION_STEPS) + data.image_shape)
     test_captions = None if y_test is None else [data.caption(label) for label in y_test]
 
     # Then the figures.
@@ -99,8 +101,10 @@ def evaluate_run(model, config, data, run_dir, settings=None):
     plotting.plot_manifold(manifold, quantiles, dims, path("manifold.png"))
     plotting.plot_image_grid(samples, 10, 10, path("samples.png"),
                              "100 images decoded from z ~ N(0, I) (Bernoulli means)")
-    plotting.plot_interpolations(interpolations, [f"{names[a]} to {names[b]}" for a, b in pairs],
-                                 path("interpolation.png"))
+    if interpolations is not None:
+        plotting.plot_interpolations(interpolations,
+                                     [f"{names[a]} to {names[b]}" for a, b in pairs],
+                                     path("interpolation.png"))
     if history:
         plotting.plot_learning_curves(history, path("learning_curves.png"))
     plotting.plot_typical_and_atypical(x_test, scores, test_captions, path("anomalies.png"))

@@ -203,6 +203,20 @@ def load_run(run_dir):
     return config, model
 
 
+def require_same_data(run_dir, old_data, new_data):
+    """Refuse to resume or evaluate a run whose data has changed since it was trained (images
+    added to a folder would move between the splits; another size would not fit the model)."""
+    from configurator import ConfigError
+
+    changed = [f"{key}: {old_data[key]!r} then, {new_data[key]!r} now" for key in new_data
+               if key in (old_data or {}) and old_data[key] != new_data[key]]
+    if changed:
+        raise ConfigError(
+            f"The data of the run in {run_dir!r} has changed since it was trained "
+            f"({'; '.join(changed)}). Restore the data, or train a new run in another --out_dir "
+            f"(or with --overwrite=True).")
+
+
 # ---- the run folder of train.py ----------------------------------------------------------------
 def prepare_out_dir(out_dir, config):
     """Make out_dir ready and lock it; False when it already holds this very run, finished.

@@ -126,6 +126,9 @@ def main(argv):
     keras.utils.set_random_seed(config["seed"])
     config["data"] = {"image_shape": list(data.image_shape), "class_names": data.class_names,
                       "train_images": data.num_train, "test_images": len(data.x_test)}
+    if not config["overwrite"] and os.path.exists(path(run_files.CONFIG_FILE)):
+        run_files.require_same_data(out_dir, run_files.read_json(path(run_files.CONFIG_FILE)).get(
+            "data"), config["data"])
     model = run_files.build_model(config, seed=config["seed"])
     model.encoder.summary()
     model.decoder.summary()

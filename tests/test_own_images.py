@@ -72,6 +72,10 @@ def test_an_rgb_npz_without_labels_or_test_split(tmp_path):
     assert "54 training and 6 test images of shape (32, 32, 3), no labels" in result.stdout
     config, _ = assert_a_whole_run(out_dir, 6, (32, 32, 3))
     assert config["data"]["class_names"] is None
+    # Data changed after training: evaluate.py refuses instead of scoring other images.
+    write_npz(tmp_path, x_train=coloured_squares(60, size=16))
+    result = run_script("evaluate.py", str(out_dir))
+    assert result.returncode == 2 and "has changed since it was trained" in result.stderr
 
 
 def test_the_strided_architecture_on_64x64_rgb_images(tmp_path):
