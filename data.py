@@ -40,6 +40,11 @@ class DataError(ValueError):
     """The data could not be loaded; the message says why and what to do."""
 
 
+def _too_large(what, size_bytes, advice):
+    return DataError(f"{what} would take {size_bytes / 2**30:.1f} GiB as float32, more than the "
+                     f"{MEMORY_BUDGET / 2**30:.1f} GiB this machine can spare. {advice}")
+
+
 @dataclasses.dataclass
 class ImageData:
     image_shape: tuple  # (height, width, channels)
@@ -127,12 +132,10 @@ def load_dataset(dataset="mnist", data_path=None, image_size=None, channels=None
     target_bytes = 4 * (len(x_train) + len(x_test)) * target[0] * target[1] * (
         channels or x_train.shape[-1])
     if target_bytes > MEMORY_BUDGET:
-        raise DataError(
-            f"{description} at {target[0]}x{target[1]} pixels would take "
-            f"{target_bytes / 2**30:.1f} GiB as float32, more than the "
-            f"{MEMORY_BUDGET / 2**30:.1f} GiB this machine can spare. Choose a smaller "
-            f"--image_size, or write the images out as files in a folder and pass the folder as "
-            f"--dataset: a folder that large is streamed from disk.")
+        raise _too_large(
+            f"{description} at {target[0]}x{target[1]} pixels", target_bytes,
+            "Choose a smaller --image_size, or write the images out as files in a folder and "
+            "pass the folder as --dataset: a folder that large is streamed from disk.")
     x_train, x_test = (_convert_arrays(x, image_size, channels) for x in (x_train, x_test))
     return ImageData(x_train.shape[1:], x_train, y_train, x_test, y_test, class_names,
                      description)
@@ -276,11 +279,10 @@ def _refuse_if_too_large(npz, path):
                                else np.lib.format.read_array_header_2_0)(member)
             pixels += int(np.prod(shape))
     if 4 * pixels > MEMORY_BUDGET:
-        raise DataError(
-            f"The images in {path!r} would take {4 * pixels / 2**30:.1f} GiB as float32, more "
-            f"than the {MEMORY_BUDGET / 2**30:.1f} GiB this machine can spare. Write them out as "
-            f"image files in a folder and pass the folder as --dataset: a folder that large is "
-            f"streamed from disk.")
+        raise _too_large(
+            f"The images in {path!r}", 4 * pixels,
+            "Write them out as image files in a folder and pass the folder as --dataset: a "
+            "folder that large is streamed from disk.")
 
 
 def _check_arrays(arrays, class_names, source):
@@ -378,6 +380,11 @@ def _convert_arrays(x, image_size, channels):
 def _load_folder(root, image_size, channels, test_fraction, seed, stream):
     description = f"the folder {root!r}"
     splits = {name.lower(): os.path.join(root, name) for name in _subfolders(root)}
+    if {"train", "test"} < set(splits):
+        others = ", ".join(f"{name}/" for name in sorted(set(splits) - {"train", "test"}))
+        raise DataError(f"{root!r} has train/ and test/ and also {others}: a split folder holds "
+                        f"just train/ and test/. Move the others (a validation split, say) into "
+                        f"one of the two, or out of {root!r}.")
     if set(splits) == {"train", "test"}:
         train_files, train_labels, class_names = _list_images(splits["train"])
         test_files, test_labels, test_names = _list_images(splits["test"])
@@ -416,11 +423,11 @@ def _load_folder(root, image_size, channels, test_fraction, seed, stream):
         raise DataError(f"The test split of {description} holds {len(test_files)} readable "
                         f"image(s); the evaluation needs at least two. Add test images.")
     if len(test_files) * bytes_per_image > MEMORY_BUDGET:
-        raise DataError(f"The {len(test_files)} test images of {description} would take "
-                        f"{len(test_files) * bytes_per_image / 2**30:.1f} GiB as float32, more "
-                        f"than the {MEMORY_BUDGET / 2**30:.1f} GiB this machine can spare; the "
-                        f"evaluation holds the test split in memory. Lower --test_fraction or "
-                        f"--image_size, or move images out of test/.")
+        raise _too_large(
+            f"The {len(test_files)} test images of {description}",
+            len(test_files) * bytes_per_image,
+            "The evaluation holds the test split in memory: lower --test_fraction or "
+            "--image_size, or move images out of test/.")
     # The test split is held in memory: the evaluation scores every test image.
     x_test = np.stack([image_files.prepare_file(path, size, channels) for path in test_files])
     # A seeded order, so that train_subset takes images of every class, not the first folders.

@@ -36,14 +36,23 @@ def prepare_file(path, image_size, channels):
     alpha channel is dropped. Images are resized with Pillow's antialiased bilinear filter.
     Raises one of UNREADABLE for a file Pillow cannot decode completely.
     """
+    height, width = image_size
     with Image.open(path) as image:
         image = ImageOps.exif_transpose(image)  # phone photos store their rotation in EXIF
-        image = image.convert("L" if channels == 1 else "RGB")
-        height, width = image_size
+        if image.mode.startswith("I;16"):
+            # 16-bit grey (medical and scientific images): Pillow's conversion to 8 bits clips
+            # instead of scaling, so the values are scaled into [0, 1] as 32-bit floats.
+            image = Image.fromarray(np.asarray(image, dtype=np.float32) / 65535.0)  # mode "F"
+            scale = 1.0
+        else:
+            image = image.convert("L" if channels == 1 else "RGB")
+            scale = 1.0 / 255.0
         if image.size != (width, height):
             image = image.resize((width, height), Image.Resampling.BILINEAR)
-        pixels = np.asarray(image, dtype=np.float32) / 255.0
-    return pixels[..., None] if channels == 1 else pixels
+        pixels = np.asarray(image, dtype=np.float32) * scale
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    return np.repeat(pixels, channels, axis=-1) if pixels.shape[-1] != channels else pixels
 
 
 def read_header(path):

@@ -368,3 +368,23 @@ def test_missing_classes_are_skipped_and_unlabelled_data_shows_the_first_images(
     assert captions == ["0", "1", "2", "3", "4", "5", "6", "8", "9"]
     images, captions = one_image_per_class(x, None, None, limit=4)
     assert captions is None and list(images[:, 0, 0, 0]) == [0, 1, 2, 3]
+
+
+def test_sixteen_bit_grey_pngs_are_scaled_not_clipped(tmp_path):
+    ramp = np.linspace(0, 65535, 8 * 8).astype(np.uint16).reshape(8, 8)
+    os.makedirs(tmp_path / "scans")
+    for index in range(4):
+        Image.fromarray(ramp).save(tmp_path / "scans" / f"{index}.png")
+    loaded = load_dataset(str(tmp_path / "scans"))
+    assert loaded.image_shape == (8, 8, 1)
+    np.testing.assert_allclose(loaded.x_test[0, ..., 0], ramp / 65535.0, atol=1e-6)
+    rgb = load_dataset(str(tmp_path / "scans"), channels=3)
+    np.testing.assert_allclose(rgb.x_test[0], np.repeat(ramp[..., None] / 65535.0, 3, -1),
+                               atol=1e-6)
+
+
+def test_a_split_folder_with_a_third_subfolder_is_refused(tmp_path):
+    for split in ("train", "test", "val"):
+        write_images(tmp_path / "pics" / split, coloured_squares(3))
+    with pytest.raises(DataError, match="also val/"):
+        load_dataset(str(tmp_path / "pics"))
