@@ -73,6 +73,7 @@ def test_manifold_grid():
         quantiles[0])
 
 
+@pytest.mark.slow
 def test_evaluate_py_rebuilds_the_run(finished_run, tmp_path):
     out_dir, _, _ = finished_run
     run = tmp_path / "copy"
@@ -89,6 +90,7 @@ def test_evaluate_py_rebuilds_the_run(finished_run, tmp_path):
                                                           rel=1e-4)
 
 
+@pytest.mark.slow
 def test_evaluate_py_refuses_weights_of_another_architecture(finished_run, tmp_path):
     out_dir, _, _ = finished_run
     run = tmp_path / "copy"
@@ -101,11 +103,13 @@ def test_evaluate_py_refuses_weights_of_another_architecture(finished_run, tmp_p
     assert "do not fit the model" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_evaluate_py_on_a_folder_that_is_no_run(tmp_path):
     result = run_script("evaluate.py", str(tmp_path))
     assert result.returncode == 2 and "is not a run folder" in result.stderr
 
 
+@pytest.mark.slow
 def test_evaluate_py_refuses_bad_settings(finished_run):
     out_dir, _, _ = finished_run
     result = run_script("evaluate.py", str(out_dir), "--iwae_samples=0")

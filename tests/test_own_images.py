@@ -11,6 +11,9 @@ from PIL import Image
 from conftest import run_script
 from test_data import coloured_squares, write_images, write_npz
 
+# Every test here runs train.py or evaluate.py in a subprocess.
+pytestmark = pytest.mark.slow
+
 # What every run writes, whatever its data (roc.png only with holdout_class).
 RUN_OUTPUTS = {"config.json", "cvae.weights.h5", "history.csv", "metrics.json",
                "reconstructions.png", "latent_space.png", "manifold.png", "samples.png",

@@ -9,8 +9,12 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from conftest import ROOT, fake_mnist_arrays, run_script
+
+# Every test here runs train.py or evaluate.py in a subprocess.
+pytestmark = pytest.mark.slow
 
 
 def read_epochs(out_dir):

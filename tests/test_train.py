@@ -15,6 +15,7 @@ def run_train(*arguments):
     return run_script("train.py", *arguments)
 
 
+@pytest.mark.slow
 def test_one_epoch_on_a_small_file_writes_the_whole_run(finished_run):
     out_dir, fake_mnist_path, result = finished_run
     assert "13,044,613" in result.stdout  # the summary is printed
@@ -77,6 +78,7 @@ def test_one_epoch_on_a_small_file_writes_the_whole_run(finished_run):
     assert set(os.listdir(out_dir)) - {".lock"} <= set(RUN_FILES) | set(RUN_FOLDERS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arguments, message", [
     (["--epochs=0"], "epochs must be at least 1"),
     (["--learning_rate=-1"], "learning_rate must be positive"),
@@ -100,12 +102,14 @@ def test_bad_input_is_refused_in_one_message(tmp_path, arguments, message):
     assert not (tmp_path / "run" / "config.json").exists()
 
 
+@pytest.mark.slow
 def test_a_subset_larger_than_the_data_is_refused(tmp_path, fake_mnist_path):
     result = run_train(f"--data_path={fake_mnist_path}", "--train_subset=1000",
                        f"--out_dir={tmp_path / 'run'}")
     assert result.returncode == 2 and "more than the 120 training images" in result.stderr
 
 
+@pytest.mark.slow
 def test_short_training_on_real_mnist_learns(real_mnist_path):
     import keras
 
@@ -154,6 +158,7 @@ def test_the_same_seed_gives_the_same_first_epoch(fake_mnist_path):
     assert losses[0] == pytest.approx(losses[1], rel=1e-3)
 
 
+@pytest.mark.slow
 def test_holdout_class_is_left_out_and_scored(tmp_path, fake_mnist_path):
     out_dir = tmp_path / "run"
     result = run_train(f"--data_path={fake_mnist_path}", f"--out_dir={out_dir}", "--epochs=1",
@@ -175,6 +180,7 @@ def test_holdout_class_is_left_out_and_scored(tmp_path, fake_mnist_path):
         assert png.format == "PNG"
 
 
+@pytest.mark.slow
 def test_mnist_trains_and_scores_as_the_previous_code_did(tmp_path, real_mnist_path):
     # Measured with the code before other datasets existed (commit 5750657), same command:
     # 10 steps on the first 640 real MNIST training digits, then the whole evaluation.
