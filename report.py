@@ -25,6 +25,36 @@ EVALUATION_DEFAULTS = {
     "eval_seed": 0,  # seeds the z samples of the evaluation
 }
 INTERPOLATION_STEPS = 10
+# A short run gets a smaller evaluation, so that its first pictures come in a couple of minutes:
+# the importance-weighted estimate uses one test image per this many images trained (at least
+# MIN_IWAE_IMAGES), and the per-epoch test loss at least MIN_MONITOR_IMAGES test images and at
+# most a sixth of an epoch's images. The full default run (600,000 images trained) gets the full
+# evaluation. The final negative ELBO always uses every test image.
+IMAGES_TRAINED_PER_IWAE_IMAGE = 500
+MIN_IWAE_IMAGES = 100
+MIN_MONITOR_IMAGES = 1000
+
+
+def scaled_to_run(images_per_epoch, epochs, test_images):
+    """(evaluation settings, per-epoch monitoring images, note) for a run of this size; the note
+    says what was scaled down and how to ask for the full evaluation (None when nothing was)."""
+    settings = dict(EVALUATION_DEFAULTS)
+    settings["iwae_images"] = min(settings["iwae_images"], max(
+        MIN_IWAE_IMAGES, images_per_epoch * epochs // IMAGES_TRAINED_PER_IWAE_IMAGE))
+    monitor = min(test_images, max(MIN_MONITOR_IMAGES, images_per_epoch // 6))
+    scaled = []
+    if monitor < test_images:
+        scaled.append(f"the per-epoch test loss (val_*) is measured on the first {monitor:,} of "
+                      f"the {test_images:,} test images")
+    if settings["iwae_images"] < min(EVALUATION_DEFAULTS["iwae_images"], test_images):
+        scaled.append(f"the importance-weighted estimate uses {settings['iwae_images']:,} test "
+                      f"images instead of {EVALUATION_DEFAULTS['iwae_images']:,}")
+    note = None
+    if scaled:
+        note = (f"A short run gets a short evaluation: {'; '.join(scaled)}. The final negative "
+                f"ELBO uses every test image. For the full evaluation afterwards, run "
+                f"`python evaluate.py OUT_DIR --iwae_images={EVALUATION_DEFAULTS['iwae_images']}`.")
+    return settings, monitor, note
 
 
 def check_settings(settings):

@@ -13,6 +13,10 @@ import tempfile
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "cvae.weights.h5"
+# The encoder and decoder alone, as Keras files of built-in layers: they load with
+# keras.saving.load_model in safe mode, without this project's code, on any Keras backend.
+ENCODER_FILE = "encoder.keras"
+DECODER_FILE = "decoder.keras"
 HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 RECONSTRUCTIONS_FILE = "reconstructions.png"
@@ -23,8 +27,8 @@ SCORES_FILE = "test_scores.npy"
 FIGURE_FILES = ("latent_space.png", "manifold.png", "samples.png", "interpolation.png",
                 "learning_curves.png", "anomalies.png", "score_histogram.png", "roc.png")
 # Everything a run writes, so that --overwrite=True can clear an old run and nothing else.
-RUN_FILES = (CONFIG_FILE, WEIGHTS_FILE, HISTORY_FILE, METRICS_FILE, RECONSTRUCTIONS_FILE,
-             GIF_FILE, SCORES_FILE) + FIGURE_FILES
+RUN_FILES = (CONFIG_FILE, WEIGHTS_FILE, ENCODER_FILE, DECODER_FILE, HISTORY_FILE, METRICS_FILE,
+             RECONSTRUCTIONS_FILE, GIF_FILE, SCORES_FILE) + FIGURE_FILES
 RUN_FOLDERS = (SNAPSHOT_FOLDER, BACKUP_FOLDER)
 # The names atomic_path() makes: ".<name>.<8 random characters from mkstemp>.tmp<extension>".
 _TEMPORARY_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9.]+)?$")
@@ -156,13 +160,22 @@ def build_model(config, seed=None):
                       config.get("architecture", "article"), seed=seed)
 
 
-def save_weights(model, config, weights_path):
-    """Save the model's weights alone (no optimizer state), atomically."""
-    # A fresh, uncompiled copy holds just the model's variables: half the size, and loadable
-    # into a model built from config.json without a word about missing optimizer variables.
-    bare = build_model(config)
+def save_trained_model(model, config, run_dir):
+    """Write the weights (no optimizer state) and the portable encoder and decoder, atomically."""
+    import keras
+
+    # A fresh, uncompiled float32 copy holds just the model's variables: half the size, loadable
+    # into a model built from config.json, and exported without a 16-bit policy baked in.
+    policy = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy("float32")
+    try:
+        bare = build_model(config)
+    finally:
+        keras.mixed_precision.set_dtype_policy(policy)
     bare.set_weights(model.get_weights())
-    write_atomically(weights_path, bare.save_weights)
+    write_atomically(os.path.join(run_dir, WEIGHTS_FILE), bare.save_weights)
+    write_atomically(os.path.join(run_dir, ENCODER_FILE), bare.encoder.save)
+    write_atomically(os.path.join(run_dir, DECODER_FILE), bare.decoder.save)
 
 
 def load_run(run_dir):

@@ -106,7 +106,7 @@ def main(argv):
     from cvae import architecture_problem, training_gflops_per_image
     from data import load_dataset_of_run, one_image_per_class
     from optimization import make_optimizer
-    from report import evaluate_run
+    from report import evaluate_run, scaled_to_run
 
     out_dir = config["out_dir"]
     path = lambda name: os.path.join(out_dir, name)  # noqa: E731
@@ -144,8 +144,13 @@ def main(argv):
     # train; the test set is only monitored (val_* columns), never used to choose anything
     shown_x, _ = one_image_per_class(data.x_test, data.y_test, data.class_names, config["seed"])
     training_input = data.training_input(config["batch_size"], config["seed"])
+    evaluation_settings, monitored, note = scaled_to_run(data.num_train, config["epochs"],
+                                                         len(data.x_test))
+    if note:
+        print(note.replace("OUT_DIR", out_dir))
     try:
-        model.fit(training_input, epochs=config["epochs"], validation_data=(data.x_test,),
+        model.fit(training_input, epochs=config["epochs"],
+                  validation_data=(data.x_test[:monitored],),
                   batch_size=config["batch_size"] if data.x_train is not None else None,
                   callbacks=training_callbacks(out_dir, shown_x, config),
                   verbose="auto" if sys.stdout.isatty() else 2)
@@ -153,11 +158,11 @@ def main(argv):
         return stop_on_interrupt(model, config, shown_x)
     except TrainingDiverged as error:
         return stop_on_divergence(error, out_dir)
-    run_files.save_weights(model, config, path(run_files.WEIGHTS_FILE))
+    run_files.save_trained_model(model, config, out_dir)
 
     # evaluate on the test set, then the figures
     try:
-        evaluate_run(model, config, data, out_dir)
+        evaluate_run(model, config, data, out_dir, evaluation_settings)
     except KeyboardInterrupt:
         print(f"\nInterrupted during the evaluation. Training is complete and saved; run the "
               f"same command again to evaluate, or `python evaluate.py {out_dir}`.",
@@ -198,7 +203,7 @@ def stop_on_interrupt(model, config, shown_x):
     from plotting import plot_reconstructions
 
     path = lambda name: os.path.join(config["out_dir"], name)  # noqa: E731
-    run_files.save_weights(model, config, path(run_files.WEIGHTS_FILE))
+    run_files.save_trained_model(model, config, config["out_dir"])
     plot_reconstructions(shown_x, model.predict(shown_x, verbose=0), None,
                          path(run_files.RECONSTRUCTIONS_FILE),
                          title="Test images and their reconstructions (interrupted run)")

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import run_script
 from measures import auroc, importance_weighted_bound, latent_activity, roc_curve
-from report import manifold_grid
+from report import EVALUATION_DEFAULTS, manifold_grid, scaled_to_run
 
 
 def brute_force_auroc(scores, is_positive):
@@ -114,3 +114,16 @@ def test_evaluate_py_refuses_bad_settings(finished_run):
     out_dir, _, _ = finished_run
     result = run_script("evaluate.py", str(out_dir), "--iwae_samples=0")
     assert result.returncode == 2 and "iwae_samples must be at least 1" in result.stderr
+
+
+def test_the_evaluation_is_scaled_to_the_run():
+    # The full default run: everything, and nothing to say.
+    settings, monitored, note = scaled_to_run(60_000, 10, 10_000)
+    assert settings == EVALUATION_DEFAULTS and monitored == 10_000 and note is None
+    # The two-minute smoke run: 1,000 monitored test images and 100 for the IWAE estimate.
+    settings, monitored, note = scaled_to_run(2_000, 1, 10_000)
+    assert settings["iwae_images"] == 100 and monitored == 1_000
+    assert "1,000 of the 10,000 test images" in note and "--iwae_images=1000" in note
+    # In between, the estimate grows with the images trained.
+    settings, _, _ = scaled_to_run(20_000, 10, 10_000)
+    assert settings["iwae_images"] == 400

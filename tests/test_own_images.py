@@ -15,7 +15,8 @@ from test_data import coloured_squares, write_images, write_npz
 pytestmark = pytest.mark.slow
 
 # What every run writes, whatever its data (roc.png only with holdout_class).
-RUN_OUTPUTS = {"config.json", "cvae.weights.h5", "history.csv", "metrics.json",
+RUN_OUTPUTS = {"config.json", "cvae.weights.h5", "encoder.keras", "decoder.keras", "history.csv",
+               "metrics.json",
                "reconstructions.png", "latent_space.png", "manifold.png", "samples.png",
                "interpolation.png", "learning_curves.png", "anomalies.png",
                "score_histogram.png", "test_scores.npy", "snapshots", "training.gif", ".lock"}
