@@ -42,13 +42,18 @@ _CONV_NAMES = {"article": ("conv", "deconv"), "strided": ("conv_halve", "deconv_
 PROBABILITY_EPSILON = 1e-7
 
 
-def reconstruction_nats(x, x_decoded):
-    """-log p(x|z) under independent Bernoulli pixels: binary cross-entropy summed over every
-    pixel of each image, shaped (batch,). x and x_decoded are (batch, *image_shape) in [0, 1]."""
+def pixel_nats(x, x_decoded):
+    """-log p(x_i|z) of every pixel and channel under independent Bernoulli pixels (binary
+    cross-entropy), shaped like x. x and x_decoded are (batch, *image_shape) in [0, 1]."""
     # The loss is always computed in float32, also when the layers run in a 16-bit policy.
     x = ops.cast(x, "float32")
     p = ops.clip(ops.cast(x_decoded, "float32"), PROBABILITY_EPSILON, 1.0 - PROBABILITY_EPSILON)
-    pixel_bce = -(x * ops.log(p) + (1.0 - x) * ops.log(1.0 - p))
+    return -(x * ops.log(p) + (1.0 - x) * ops.log(1.0 - p))
+
+
+def reconstruction_nats(x, x_decoded):
+    """-log p(x|z): pixel_nats summed over every pixel of each image, shaped (batch,)."""
+    pixel_bce = pixel_nats(x, x_decoded)
     # Sum over every axis but the batch: the image size is never written by hand.
     return ops.sum(ops.reshape(pixel_bce, (ops.shape(pixel_bce)[0], -1)), axis=1)
 

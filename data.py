@@ -136,7 +136,8 @@ def load_dataset(dataset="mnist", data_path=None, image_size=None, channels=None
             f"{description} at {target[0]}x{target[1]} pixels", target_bytes,
             "Choose a smaller --image_size, or write the images out as files in a folder and "
             "pass the folder as --dataset: a folder that large is streamed from disk.")
-    x_train, x_test = (_convert_arrays(x, image_size, channels) for x in (x_train, x_test))
+    size = None if image_size is None else (image_size, image_size)
+    x_train, x_test = (_convert_arrays(x, size, channels) for x in (x_train, x_test))
     return ImageData(x_train.shape[1:], x_train, y_train, x_test, y_test, class_names,
                      description)
 
@@ -358,8 +359,16 @@ def _split(x, y, test_fraction, seed, source):
     return (pick(x, train), pick(y, train)), (pick(x, test), pick(y, test))
 
 
-def _convert_arrays(x, image_size, channels):
-    """Resize and convert arrays with keras.ops.image (antialiased bilinear, ITU-R 601 luma)."""
+def arrays_as_model_input(x, image_shape, source):
+    """An array of images (any of the .npz layouts above) checked and converted to image_shape,
+    as a run trained on arrays converts its own; DataError if it cannot be."""
+    x = _check_arrays({"x_train": x}, None, source)[0]
+    return _convert_arrays(x, image_shape[:2], image_shape[2])
+
+
+def _convert_arrays(x, size, channels):
+    """Resize to size (height, width) and convert to channels with keras.ops.image (antialiased
+    bilinear, ITU-R 601 luma); None keeps the array's own."""
     if channels is not None and channels != x.shape[-1]:
         if channels == 3:
             x = np.repeat(x, 3, axis=-1)
@@ -367,11 +376,11 @@ def _convert_arrays(x, image_size, channels):
             from keras import ops
 
             x = ops.convert_to_numpy(ops.image.rgb_to_grayscale(x))
-    if image_size is not None and x.shape[1:3] != (image_size, image_size):
+    if size is not None and x.shape[1:3] != tuple(size):
         from keras import ops
 
         x = np.concatenate([ops.convert_to_numpy(ops.image.resize(
-            x[start:start + 1000], (image_size, image_size), antialias=True))
+            x[start:start + 1000], tuple(size), antialias=True))
             for start in range(0, len(x), 1000)])
     return np.clip(x, 0.0, 1.0).astype(np.float32)
 

@@ -82,6 +82,11 @@ def map_files(function, paths):
         return list(pool.map(attempt, paths))
 
 
+def prepare_files(paths, image_shape):
+    """[(path, pixels or None, error or None)]: each file as model input of image_shape."""
+    return map_files(lambda path: prepare_file(path, image_shape[:2], image_shape[2]), paths)
+
+
 def list_class_folder(root):
     """Image files under root (any depth) and the count of other files, both sorted/stable."""
     images, others = [], 0

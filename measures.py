@@ -12,7 +12,7 @@ import math
 import numpy as np
 from keras import ops
 
-from cvae import kl_to_standard_normal, reconstruction_nats
+from cvae import kl_to_standard_normal, pixel_nats, reconstruction_nats
 
 EVAL_BATCH_SIZE = 500
 LOG_2PI = math.log(2.0 * math.pi)
@@ -35,6 +35,12 @@ def decode(model, z, batch_size=EVAL_BATCH_SIZE):
     """Bernoulli means of the images decoded from z (N, latent_dim), as a NumPy array."""
     return np.concatenate([model.decoder.predict_on_batch(z[start:start + batch_size])
                            for start in range(0, len(z), batch_size)])
+
+
+def straight_line(z_start, z_end, steps):
+    """steps latent codes evenly spaced from z_start to z_end, both included: (steps, latent)."""
+    fractions = np.linspace(0.0, 1.0, steps)[:, None]
+    return ((1.0 - fractions) * z_start + fractions * z_end).astype("float32")
 
 
 def elbo_from_encoding(model, x, z_mean, z_log_var, rng, batch_size=EVAL_BATCH_SIZE):
@@ -63,6 +69,26 @@ def bits_per_dim(nats_per_image, image_shape):
     """A per-image negative log-likelihood in nats as bits per dimension (pixel and channel),
     the unit image likelihoods are usually reported in: nats / (H * W * C * ln 2)."""
     return float(nats_per_image) / (math.prod(image_shape) * math.log(2.0))
+
+
+def pixel_maps(model, x, num_samples, rng):
+    """Where each image's score comes from, and where the model is unsure, per pixel.
+
+    For K samples z_k ~ q(z|x) of each image: the per-pixel reconstruction loss averaged over the
+    samples (nats, summed over channels; its sum over pixels is the reconstruction term of the
+    score), and the per-pixel standard deviation of the K decoded images (averaged over
+    channels). Returns both, each shaped (N, height, width).
+    """
+    z_mean, z_log_var = encode(model, x)
+    loss_maps, spreads = [], []
+    for image, mean, log_var in zip(x, z_mean, z_log_var):
+        z = mean + np.exp(0.5 * log_var) * rng.standard_normal((num_samples, len(mean)))
+        decoded = decode(model, z.astype("float32"))  # (K, height, width, channels)
+        pixel_loss = ops.convert_to_numpy(pixel_nats(np.broadcast_to(image, decoded.shape),
+                                                     decoded))
+        loss_maps.append(pixel_loss.mean(axis=0).sum(axis=-1))
+        spreads.append(decoded.std(axis=0).mean(axis=-1))
+    return np.stack(loss_maps), np.stack(spreads)
 
 
 def mean_and_standard_error(values):

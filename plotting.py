@@ -134,6 +134,36 @@ def plot_typical_and_atypical(images, scores, captions, path, count=10):
                    suptitle=f"Anomaly score = per-image negative ELBO in nats (title: {how})")
 
 
+def plot_explanation(image, reconstruction, uncertainty, pixel_loss, title, path):
+    """One scored image: the input, its reconstruction from z_mean, the per-pixel spread of
+    images decoded from q(z|x) (where the model is unsure), and the per-pixel loss (where the
+    score comes from), each map with its own colour scale."""
+    fig, axes = plt.subplots(1, 4, figsize=(11.5, 3.3))
+    _show(axes[0], image)
+    axes[0].set_title("input", fontsize=10)
+    _show(axes[1], reconstruction)
+    axes[1].set_title("reconstruction (z_mean)", fontsize=10)
+    for ax, values, name, cmap in (
+            (axes[2], uncertainty, "uncertainty: std over z ~ q(z|x)", "viridis"),
+            (axes[3], pixel_loss, "score per pixel (nats)", "magma")):
+        shown = ax.imshow(values, cmap=cmap, vmin=0.0)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(name, fontsize=10)
+        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def save_image(image, path):
+    """One image (h, w, 1 or 3) in [0, 1] as a PNG of its own size, pixel for pixel."""
+    from PIL import Image
+
+    pixels = np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
+    picture = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+    return write_atomically(path, lambda temporary: picture.save(temporary, format="PNG"))
+
+
 def save_gif(frame_paths, path, seconds_per_frame=0.7):
     """Stitch PNG frames into an animated GIF (Pillow ships with matplotlib)."""
     from PIL import Image

@@ -112,9 +112,8 @@ def evaluate_run(model, config, data, run_dir, settings=None):
     pairs = [(a, a + 1) for a in range(0, len(shown_x) - 1, 2)]
     interpolations = None
     if pairs:  # a test split of one class shows one image, and there is nothing to join
-        steps = np.linspace(0.0, 1.0, INTERPOLATION_STEPS)[:, None]
-        path_z = np.concatenate([(1 - steps) * shown_mean[a] + steps * shown_mean[b]
-                                 for a, b in pairs]).astype("float32")
+        path_z = np.concatenate([measures.straight_line(shown_mean[a], shown_mean[b],
+                                                        INTERPOLATION_STEPS) for a, b in pairs])
         interpolations = measures.decode(model, path_z).reshape(
             (len(pairs), INTERPOLATION_STEPS) + data.image_shape)
     test_captions = None if y_test is None else [data.caption(label) for label in y_test]

@@ -1,0 +1,180 @@
+"""Score new images with a trained run: how unusual each one is, and where.
+
+    python score.py RUN_DIR image.png folder/ arrays.npz [--percentile=99] [--out=scores.csv]
+    python score.py RUN_DIR folder/ --figures=explained/ --latents=codes.npz
+
+Each image goes through the preprocessing its run was trained with (image_files.prepare_file
+for files, data.arrays_as_model_input for arrays) and gets its negative ELBO in nats and in bits
+per dimension, the same single-sample estimate the evaluation saved for the run's own test split
+(test_scores.npy). Its percentile among those test scores, and `anomalous` (above the
+--percentile-th of them), go into a CSV with one row per image. A file that cannot be read gets
+its error in its row and a warning; the others are still scored, and the exit code is 1.
+"""
+
+import csv
+import os
+import sys
+
+SCORE_DEFAULTS = {
+    "percentile": 99.0,  # an image above this percentile of the test-split scores is anomalous
+    "out": None,  # the CSV; None = RUN_DIR/scores.csv
+    "figures": None,  # a folder: per image, input, reconstruction, uncertainty and score maps
+    "latents": None,  # an .npz file: z_mean and z_log_var of every image scored
+    "samples": 16,  # K, draws from q(z|x) for the uncertainty and score maps
+    "seed": 0,  # seeds the z samples
+}
+NPZ_IMAGE_KEYS = ("x", "x_test", "x_train", "images")
+
+
+def main(argv):
+    from configurator import ConfigError, parse_overrides, require
+
+    inputs = [argument for argument in argv if not argument.startswith("--")]
+    if len(inputs) < 2:
+        raise ConfigError("Give the run folder and at least one image file, folder or .npz: "
+                          "python score.py RUN_DIR INPUT... [--percentile=99].")
+    run_dir, inputs = inputs[0], inputs[1:]
+    settings = parse_overrides(SCORE_DEFAULTS, [a for a in argv if a.startswith("--")],
+                               {"out": str, "figures": str, "latents": str})
+    require(0 < settings["percentile"] < 100,
+            f"percentile must be between 0 and 100, not {settings['percentile']}.")
+    require(1 <= settings["samples"] <= 1000, "samples must be 1 to 1000.")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import numpy as np
+
+    import measures
+    import run_files
+
+    config, model = run_files.load_run(run_dir)
+    test_scores_path = os.path.join(run_dir, run_files.SCORES_FILE)
+    if not os.path.isfile(test_scores_path):
+        raise run_files.RunError(f"{test_scores_path!r} is missing: the run has no test-split "
+                                 f"scores to compare with. Run `python evaluate.py {run_dir}`.")
+    test_scores = np.load(test_scores_path, allow_pickle=False)
+    threshold = float(np.percentile(test_scores, settings["percentile"]))
+    image_shape = run_files.image_shape_of(config)
+
+    names, images, failed = read_inputs(inputs, image_shape)
+    rows = []
+    if images:
+        x = np.stack(images)
+        z_mean, z_log_var = measures.encode(model, x)
+        reconstruction, kl = measures.elbo_from_encoding(
+            model, x, z_mean, z_log_var, np.random.default_rng(settings["seed"]))
+        scores = reconstruction + kl
+        for name, score in zip(names, scores):
+            rows.append({
+                "path": name, "negative_elbo_nats": f"{score:.4f}",
+                "bits_per_dim": f"{measures.bits_per_dim(score, image_shape):.6f}",
+                "percentile": f"{100.0 * np.mean(test_scores <= score):.2f}",
+                "anomalous": bool(score > threshold), "error": ""})
+        if settings["latents"]:
+            run_files.write_atomically(settings["latents"], lambda temporary: np.savez(
+                temporary, path=np.array(names), z_mean=z_mean, z_log_var=z_log_var))
+        if settings["figures"]:
+            draw_explanations(model, x, names, scores, test_scores, settings)
+    rows += [{"path": name, "error": error} for name, error in failed]
+    out = settings["out"] or os.path.join(run_dir, "scores.csv")
+    write_rows(out, rows)
+    flagged = sum(1 for row in rows if row.get("anomalous") is True)
+    print(f"Scored {len(names)} image(s) into {out}: {flagged} above the "
+          f"{settings['percentile']:g}th percentile of the run's test scores ({threshold:.2f} "
+          f"nats).")
+    if failed:
+        print(f"warning: {len(failed)} input(s) could not be read; their rows say why.",
+              file=sys.stderr)
+    return 1 if failed else 0
+
+
+def read_inputs(inputs, image_shape):
+    """(names, images as model input, [(name, error)]) for files, folders and .npz files."""
+    import numpy as np
+
+    from data import DataError, arrays_as_model_input
+    from image_files import list_class_folder, prepare_files
+
+    files, names, images, failed = [], [], [], []
+    for item in inputs:
+        if os.path.isdir(item):
+            found, _ = list_class_folder(item)
+            files += found
+            if not found:
+                failed.append((item, "the folder holds no image files"))
+        elif item.lower().endswith(".npz") and os.path.isfile(item):
+            try:
+                with np.load(item, allow_pickle=False) as npz:
+                    key = next((k for k in NPZ_IMAGE_KEYS if k in npz.files), None)
+                    if key is None:
+                        raise DataError(f"it has none of the keys {', '.join(NPZ_IMAGE_KEYS)}")
+                    array = arrays_as_model_input(npz[key], image_shape, item)
+                names += [f"{item}[{key}][{i}]" for i in range(len(array))]
+                images += list(array)
+            except (DataError, ValueError, OSError) as error:
+                failed.append((item, f"cannot read it as images: {error}"))
+        else:
+            files.append(item)
+    for path, pixels, error in prepare_files(files, image_shape):
+        if error is None:
+            names.append(path)
+            images.append(pixels)
+        else:
+            print(f"warning: cannot read {path!r} as an image: {error}", file=sys.stderr)
+            failed.append((path, error))
+    return names, images, failed
+
+
+def draw_explanations(model, x, names, scores, test_scores, settings):
+    import numpy as np
+
+    import measures
+    import plotting
+
+    os.makedirs(settings["figures"], exist_ok=True)
+    rng = np.random.default_rng(settings["seed"])
+    z_mean, _ = measures.encode(model, x)
+    reconstructions = measures.decode(model, z_mean)
+    for start in range(0, len(x), 100):  # the maps of 100 images at a time
+        pixel_loss, uncertainty = measures.pixel_maps(model, x[start:start + 100],
+                                                      settings["samples"], rng)
+        for offset in range(len(pixel_loss)):
+            index = start + offset
+            percentile = 100.0 * np.mean(test_scores <= scores[index])
+            plotting.plot_explanation(
+                x[index], reconstructions[index], uncertainty[offset], pixel_loss[offset],
+                f"{os.path.basename(names[index])}: {scores[index]:.1f} nats, percentile "
+                f"{percentile:.1f} of the test split",
+                os.path.join(settings["figures"], f"{index:05d}_{figure_name(names[index])}.png"))
+
+
+def figure_name(name):
+    """A file-name-safe stem of an input: 'digits/7.png' -> '7', 'a.npz[x][3]' -> 'a_x_3'."""
+    stem = os.path.splitext(os.path.basename(name.split("[")[0]))[0]
+    index = "_".join(part.strip("]") for part in name.split("[")[1:])
+    joined = "_".join(part for part in (stem, index) if part)
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in joined)
+
+
+def write_rows(path, rows):
+    import run_files
+
+    columns = ["path", "negative_elbo_nats", "bits_per_dim", "percentile", "anomalous", "error"]
+
+    def write(temporary):
+        with open(temporary, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    run_files.write_atomically(path, write)
+
+
+if __name__ == "__main__":
+    from configurator import ConfigError
+    from data import DataError
+    from run_files import RunError
+
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except (ConfigError, DataError, RunError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

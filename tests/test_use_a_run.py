@@ -1,0 +1,133 @@
+"""sample.py and score.py on trained runs, grey and RGB, as a user runs them."""
+
+import csv
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import fake_mnist_arrays, run_script
+from test_data import coloured_squares, write_images, write_npz
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def rgb_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("rgb_run")
+    data_path = write_npz(folder, x_train=coloured_squares(60, size=32))
+    result = run_script("train.py", f"--dataset={data_path}", f"--out_dir={folder / 'run'}",
+                        "--epochs=1", "--batch_size=16", "--warmup_steps=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder / "run"
+
+
+def read_rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("kind", ["grey", "rgb"])
+def test_sample_draws_a_grid_and_single_images_reproducibly(kind, finished_run, rgb_run,
+                                                            tmp_path):
+    run = finished_run[0] if kind == "grey" else rgb_run
+    channels = 1 if kind == "grey" else 3
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        result = run_script("sample.py", str(run), "--n=7", f"--seed={seed}", "--save_each=True",
+                            f"--out_dir={tmp_path / name}")
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(os.listdir(tmp_path / "a")) == sorted(
+        ["samples.png"] + [f"sample_{i:04d}.png" for i in range(7)])
+    first = [np.asarray(Image.open(tmp_path / name / "sample_0000.png")) for name in "abc"]
+    size = 28 if kind == "grey" else 32
+    assert first[0].shape == ((size, size) if channels == 1 else (size, size, 3))
+    np.testing.assert_array_equal(first[0], first[1])  # the same seed, the same images
+    assert not np.array_equal(first[0], first[2])
+
+
+def test_sample_interpolates_between_two_image_files(finished_run, tmp_path):
+    run = finished_run[0]
+    raw = fake_mnist_arrays()
+    write_images(tmp_path / "ends", raw["x_test"][:2])
+    ends = f"{tmp_path / 'ends' / '000.png'},{tmp_path / 'ends' / '001.png'}"
+    result = run_script("sample.py", str(run), f"--interpolate={ends}", "--steps=6",
+                        f"--out_dir={tmp_path / 'out'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    with Image.open(tmp_path / "out" / "interpolation.png") as png:
+        assert png.format == "PNG" and png.size[0] > 3 * png.size[1]
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ([], "Give the run folder first"),
+    (["RUN", "--n=0"], "n must be 1 to 10000"),
+    (["RUN", "--interpolate=one.png"], "two image files"),
+    (["RUN", "--interpolate=/no/a.png,/no/b.png"], "Cannot read '/no/a.png'"),
+    (["/no/such/run"], "is not a run folder"),
+])
+def test_sample_refuses_bad_input(finished_run, arguments, message):
+    arguments = [str(finished_run[0]) if a == "RUN" else a for a in arguments]
+    result = run_script("sample.py", *arguments)
+    assert result.returncode == 2 and message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_score_files_folders_and_arrays_and_reports_what_it_cannot_read(finished_run, tmp_path):
+    run, data_path, _ = finished_run
+    raw = fake_mnist_arrays()
+    write_images(tmp_path / "digits", raw["x_test"][:5])
+    (tmp_path / "digits" / "broken.png").write_bytes(b"not a png")
+    Image.fromarray(coloured_squares(1)[0]).save(tmp_path / "colour.png")  # 32x32 RGB
+    out = tmp_path / "scores.csv"
+    result = run_script("score.py", str(run), str(tmp_path / "digits"),
+                        str(tmp_path / "colour.png"), data_path, f"--out={out}",
+                        f"--figures={tmp_path / 'maps'}", f"--latents={tmp_path / 'codes.npz'}",
+                        "--samples=4")
+    assert result.returncode == 1, result.stderr[-2000:]  # one file could not be read
+    assert "broken.png" in result.stderr and "Traceback" not in result.stderr
+    rows = read_rows(out)
+    assert len(rows) == 5 + 1 + 60 + 1
+    broken = [row for row in rows if row["path"].endswith("broken.png")]
+    assert broken[0]["error"] and not broken[0]["negative_elbo_nats"]
+    scored = [row for row in rows if not row["error"]]
+    nats = np.array([float(row["negative_elbo_nats"]) for row in scored])
+    bits = np.array([float(row["bits_per_dim"]) for row in scored])
+    np.testing.assert_allclose(bits, nats / (28 * 28 * np.log(2)), rtol=1e-5)
+    # The run's own test images score like its saved test scores (another z sample each).
+    test_rows = [row for row in scored if "[x_test]" in row["path"]]
+    test_scores = np.load(run / "test_scores.npy")
+    own = np.array([float(row["negative_elbo_nats"]) for row in test_rows])
+    assert abs(own.mean() - test_scores.mean()) < 3 * test_scores.std() / np.sqrt(60) + 1.0
+    threshold = np.percentile(test_scores, 99)
+    for row in scored:
+        # The CSV rounds the score to 1e-4 nats: the percentile lies between its neighbours'.
+        score = float(row["negative_elbo_nats"])
+        low, high = (100.0 * np.mean(test_scores <= score + d) for d in (-1e-4, 1e-4))
+        assert low - 0.01 <= float(row["percentile"]) <= high + 0.01
+        if abs(score - threshold) > 1e-4:
+            assert (row["anomalous"] == "True") == (score > threshold)
+    assert len(os.listdir(tmp_path / "maps")) == len(scored)
+    codes = np.load(tmp_path / "codes.npz")
+    assert codes["z_mean"].shape == (len(scored), 2) and len(codes["path"]) == len(scored)
+
+
+def test_score_on_an_rgb_run_converts_grey_inputs(rgb_run, tmp_path):
+    write_images(tmp_path / "grey", fake_mnist_arrays()["x_test"][:3])
+    result = run_script("score.py", str(rgb_run), str(tmp_path / "grey"),
+                        f"--out={tmp_path / 'scores.csv'}", "--percentile=50")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = read_rows(tmp_path / "scores.csv")
+    assert len(rows) == 3 and all(float(row["negative_elbo_nats"]) > 0 for row in rows)
+    assert "above the 50th percentile" in result.stdout
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["RUN"], "at least one image file"),
+    (["RUN", "x.png", "--percentile=100"], "percentile must be between 0 and 100"),
+    (["/no/such/run", "x.png"], "is not a run folder"),
+])
+def test_score_refuses_bad_input(finished_run, arguments, message):
+    arguments = [str(finished_run[0]) if a == "RUN" else a for a in arguments]
+    result = run_script("score.py", *arguments)
+    assert result.returncode == 2 and message in result.stderr
+    assert "Traceback" not in result.stderr
