@@ -144,14 +144,46 @@ class EpochSnapshots(keras.callbacks.Callback):
         save_gif([os.path.join(self.folder, name) for name in frames], self.gif_path)
 
 
+class TensorBoardSnapshots(keras.callbacks.Callback):
+    """Adds each epoch's snapshot figure to TensorBoard's images tab.
+
+    Keras's TensorBoard callback logs scalars only; images need TensorFlow's summary writer, so
+    this is the one place that asks for TensorFlow whatever the Keras backend (TensorBoard itself
+    comes with it).
+    """
+
+    def __init__(self, snapshot_folder, log_dir):
+        super().__init__()
+        self.snapshot_folder = snapshot_folder
+        self.log_dir = log_dir
+
+    def on_epoch_end(self, epoch, logs=None):
+        import tensorflow as tf
+
+        path = os.path.join(self.snapshot_folder, f"epoch_{epoch + 1:03d}.png")
+        with open(path, "rb") as f:
+            image = tf.io.decode_png(f.read(), channels=3)[None]
+        with tf.summary.create_file_writer(os.path.join(self.log_dir, "snapshots")).as_default():
+            tf.summary.image("test images, reconstructions and prior samples", image,
+                             step=epoch + 1)
+
+
 def training_callbacks(out_dir, shown_x, config):
     """train.py's callbacks, in the order they must run at each epoch's end."""
     path = lambda name: os.path.join(out_dir, name)  # noqa: E731
+    tensorboard = []
+    if config["tensorboard"]:
+        # Loss terms and the learning rate per epoch (Keras's callback), then the snapshots.
+        tensorboard = [
+            keras.callbacks.TensorBoard(path(run_files.TENSORBOARD_FOLDER), write_graph=False),
+            TensorBoardSnapshots(path(run_files.SNAPSHOT_FOLDER),
+                                 path(run_files.TENSORBOARD_FOLDER))]
     return [
         DivergenceGuard(),
         EpochTimer(),
         EpochSnapshots(shown_x, config["latent_dim"], path(run_files.SNAPSHOT_FOLDER),
                        path(run_files.GIF_FILE), seed=config["seed"]),
+        *tensorboard,
         # The history is written before the backup: a crash between the two makes the resumed
         # run repeat (and replace) an epoch's row, never skip one.
         HistoryCSV(path(run_files.HISTORY_FILE)),

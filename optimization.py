@@ -1,30 +1,13 @@
 """The optimizer and its learning-rate schedule.
 
-Why a warm-up. RMSprop divides each gradient by the root of a running mean of its square that
-starts at zero. After the first step that mean is (1 - rho) * g^2, so every weight moves by
-lr / sqrt(1 - rho) ~= 3.2 * lr in the direction of its gradient's sign, however small the
-gradient: the first steps are sign-descent steps with a fixed size. The encoder's
-Dense(50176 -> 128) layer sums 50,176 such moves per unit, so its outputs, and through them
-z_log_var, can jump by orders of magnitude within a few batches; exp(z_log_var) in the KL term then
-overflows and training diverges (it did for two of three seeds at the article's lr = 1e-3).
-Clipping the gradient norm cannot help, because RMSprop's normalisation divides the scale
-away again. A linear warm-up of the learning rate from zero makes those first, badly-normalised
-steps small; by the end of it the running mean has averaged hundreds of gradients (its memory is
-1 / (1 - rho) = 10 steps) and the large early gradients have died down, so the full rate is safe.
-This is the variance argument for warm-up of adaptive optimizers made by Liu et al. (2019), "On
-the Variance of the Adaptive Learning Rate and Beyond", and the practice of Goyal et al. (2017).
+RMSprop at the article's 1e-3, reached by a linear warm-up from zero and then decayed along a
+cosine. Without the warm-up its first, badly normalised steps make exp(z_log_var) overflow for
+some seeds; docs/warm-up.md derives why and shows the measurement. The cosine decay lets the last
+epochs settle instead of jumping by about 2 nats from epoch to epoch at a constant rate.
 
-Why a cosine decay after it. At a constant rate the test ELBO keeps jumping by about 2 nats from
-epoch to epoch (the optimizer noise floor); letting the rate fall to a small fraction of its peak
-over the run lets the final epochs settle into a minimum instead of bouncing around it.
-
-Why the update is compiled with XLA. Keras writes RMSprop's update as about ten element-wise
-operations per variable (square, scale, add, sqrt, divide, subtract...). TensorFlow runs each one as
-its own kernel, so each step streams the 13 million weights, their gradients and RMSprop's
-averages through memory about ten times: 45 ms of a 250 ms step on two CPU cores. XLA fuses them
-into one loop per variable, which reads and writes each array once (about 15 ms), while the
-convolutions stay with oneDNN, which is faster at them than XLA on a CPU. The arithmetic is the
-optimizer's own; only the kernels change.
+The update is compiled with XLA (FusedUpdate): Keras runs RMSprop as about ten element-wise
+kernels per variable, XLA fuses them into one loop per variable, which was 8-11% of a CPU training
+step; docs/speed.md has the measurements. The arithmetic is the optimizer's own.
 """
 
 # Keras is imported inside the functions, so that train.py can check an optimizer's name against

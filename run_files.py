@@ -30,7 +30,8 @@ FIGURE_FILES = ("latent_space.png", "manifold.png", "samples.png", "interpolatio
 RUN_FILES = (CONFIG_FILE, WEIGHTS_FILE, ENCODER_FILE, DECODER_FILE, HISTORY_FILE, METRICS_FILE,
              RECONSTRUCTIONS_FILE, GIF_FILE, SCORES_FILE) + FIGURE_FILES
 GENERATED_FOLDER = "generated"  # what sample.py writes by default
-RUN_FOLDERS = (SNAPSHOT_FOLDER, BACKUP_FOLDER, GENERATED_FOLDER)
+TENSORBOARD_FOLDER = "tensorboard"  # with tensorboard=True
+RUN_FOLDERS = (SNAPSHOT_FOLDER, BACKUP_FOLDER, GENERATED_FOLDER, TENSORBOARD_FOLDER)
 # The names atomic_path() makes: ".<name>.<8 random characters from mkstemp>.tmp<extension>".
 _TEMPORARY_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9.]+)?$")
 # Read once: os.umask can only be read by setting it, which must not race other threads.

@@ -38,6 +38,7 @@ batch_size = 64  # images per step
 seed = 0  # seeds weights, shuffling, the test split, sampling and the images in the figures
 # output
 out_dir = "outputs"  # everything the run writes goes here
+tensorboard = False  # True: log the loss terms, learning rate and snapshots in out_dir/tensorboard
 overwrite = False  # True: discard whatever run out_dir holds and train from scratch
 # ----------------------------------------------------------------------------------------------
 HYPERPARAMETERS = {name: value for name, value in globals().items()
