@@ -128,7 +128,7 @@ def feature_map_shape(image_shape, architecture):
     return (height // scale, width // scale, encoder_filters(image_shape, architecture)[-1])
 
 
-def parameter_count(image_shape, latent_dim, architecture):
+def parameter_count(image_shape, latent_dim, architecture, num_classes=None):
     """The model's count_params(), in closed form from the layer shapes."""
     def conv(in_channels, out_channels):  # kernel and bias; the same for a transposed one
         return KERNEL_SIZE * KERNEL_SIZE * in_channels * out_channels + out_channels
@@ -140,9 +140,10 @@ def parameter_count(image_shape, latent_dim, architecture):
     filters = encoder_filters(image_shape, architecture)
     features = math.prod(feature_map_shape(image_shape, architecture))
     encoder = (sum(conv(c_in, c_out) for c_in, c_out in zip((channels,) + filters, filters))
-               + dense(features, HIDDEN_UNITS) + 2 * dense(HIDDEN_UNITS, latent_dim))
+               + dense(features + (num_classes or 0), HIDDEN_UNITS)
+               + 2 * dense(HIDDEN_UNITS, latent_dim))
     mirrored = filters[::-1]  # the reshaped map has filters[-1] channels, as mirrored[0]
-    decoder = (dense(latent_dim, HIDDEN_UNITS) + dense(HIDDEN_UNITS, features)
+    decoder = (dense(latent_dim + (num_classes or 0), HIDDEN_UNITS) + dense(HIDDEN_UNITS, features)
                + sum(conv(c_in, c_out) for c_in, c_out in zip(mirrored[:1] + mirrored, mirrored))
                + conv(filters[0], channels))
     return encoder + decoder
@@ -195,11 +196,13 @@ def _require_buildable(image_shape, latent_dim, architecture):
 
 
 # ---- the models ---------------------------------------------------------------------------------
-def build_encoder(latent_dim, image_shape, architecture="article"):
+def build_encoder(latent_dim, image_shape, architecture="article", num_classes=None):
     """x -> (z_mean, z_log_var): convolutions, then Dense(128) and the two Gaussian heads.
 
     "article": the article's three stride-1 convolutions. "strided": one stride-2 convolution per
-    halving of the resolution (see strided_halvings).
+    halving of the resolution (see strided_halvings). With num_classes, the conditional model of
+    Sohn, Lee & Yan (2015): the inputs are [image, integer label], and the label, one-hot, joins
+    the convolutional features before Dense(128), so the encoder is q(z|x, y).
     """
     _require_buildable(image_shape, latent_dim, architecture)
     strides = 2 if architecture == "strided" else 1
@@ -210,22 +213,35 @@ def build_encoder(latent_dim, image_shape, architecture="article"):
         h = layers.Conv2D(filters, KERNEL_SIZE, strides=strides, padding="same",
                           activation="relu", name=f"{conv_name}_{i}")(h)
     h = layers.Flatten(name="flatten")(h)  # (batch, height * width * channels of the last map)
+    inputs = image
+    if num_classes:
+        label = keras.Input(shape=(), dtype="int32", name="label")
+        h = layers.Concatenate(name="features_and_class")([h, _one_hot(label, num_classes)])
+        inputs = [image, label]
     h = layers.Dense(HIDDEN_UNITS, activation="relu", name="dense_hidden")(h)
     # Heads in float32: exp(z_log_var) enters the KL and the sampling, and must not overflow a
     # 16-bit float when a mixed-precision policy is in use.
     z_mean = layers.Dense(latent_dim, name="z_mean", dtype="float32")(h)
     z_log_var = layers.Dense(latent_dim, name="z_log_var", dtype="float32")(h)
-    return keras.Model(image, [z_mean, z_log_var], name="encoder")
+    return keras.Model(inputs, [z_mean, z_log_var], name="encoder")
 
 
-def build_decoder(latent_dim, image_shape, architecture="article"):
-    """z -> Bernoulli means of every pixel: the encoder mirrored with transposed convolutions."""
+def build_decoder(latent_dim, image_shape, architecture="article", num_classes=None):
+    """z -> Bernoulli means of every pixel: the encoder mirrored with transposed convolutions.
+
+    With num_classes the inputs are [z, integer label], and the one-hot label joins z: p(x|z, y).
+    """
     _require_buildable(image_shape, latent_dim, architecture)
     strides = 2 if architecture == "strided" else 1
     deconv_name = _CONV_NAMES[architecture][1]
     feature_shape = feature_map_shape(image_shape, architecture)
     z = keras.Input(shape=(latent_dim,), name="z")
-    h = layers.Dense(HIDDEN_UNITS, activation="relu", name="dense_hidden")(z)
+    h, inputs = z, z
+    if num_classes:
+        label = keras.Input(shape=(), dtype="int32", name="label")
+        h = layers.Concatenate(name="z_and_class")([z, _one_hot(label, num_classes)])
+        inputs = [z, label]
+    h = layers.Dense(HIDDEN_UNITS, activation="relu", name="dense_hidden")(h)
     h = layers.Dense(math.prod(feature_shape), activation="relu", name="dense_unflatten")(h)
     h = layers.Reshape(feature_shape, name="reshape")(h)  # (batch, encoder's last map shape)
     for i, filters in enumerate(encoder_filters(image_shape, architecture)[::-1], start=1):
@@ -234,7 +250,12 @@ def build_decoder(latent_dim, image_shape, architecture="article"):
     # (batch, *image_shape)
     x_decoded = layers.Conv2D(image_shape[-1], KERNEL_SIZE, padding="same", activation="sigmoid",
                               name="pixel_probabilities", dtype="float32")(h)
-    return keras.Model(z, x_decoded, name="decoder")
+    return keras.Model(inputs, x_decoded, name="decoder")
+
+
+def _one_hot(label, num_classes):
+    # A built-in layer, so that the exported encoder and decoder load without this project.
+    return layers.CategoryEncoding(num_classes, output_mode="one_hot", name="one_hot")(label)
 
 
 class CVAE(keras.Model):
@@ -242,7 +263,8 @@ class CVAE(keras.Model):
 
     Calling the model returns a dict with the reconstruction and the encoder's Gaussian, so the
     loss sees z_mean and z_log_var of the same forward pass; predict() returns reconstructions
-    decoded from z_mean (the most likely code), as the article's cvae.predict did.
+    decoded from z_mean (the most likely code), as the article's cvae.predict did. A conditional
+    model takes {"image": images, "label": integer labels} wherever the other takes images.
     """
 
     def __init__(self, encoder, decoder, seed=None, **kwargs):
@@ -258,18 +280,31 @@ class CVAE(keras.Model):
         # layer has no weights. Nothing is left to create.
         self.built = True
 
+    @property
+    def conditional(self):
+        return len(self.decoder.inputs) == 2
+
+    def _encode_decode(self, x, training, sample):
+        if self.conditional:
+            z_mean, z_log_var = self.encoder([x["image"], x["label"]], training=training)
+        else:
+            z_mean, z_log_var = self.encoder(x, training=training)
+        z = self.sampling([z_mean, z_log_var]) if sample else z_mean
+        z = [z, x["label"]] if self.conditional else z
+        return self.decoder(z, training=training), z_mean, z_log_var
+
     def call(self, x, training=False):
-        z_mean, z_log_var = self.encoder(x, training=training)
-        z = self.sampling([z_mean, z_log_var])
+        reconstruction, z_mean, z_log_var = self._encode_decode(x, training, sample=True)
         return {
-            "reconstruction": self.decoder(z, training=training),
+            "reconstruction": reconstruction,
             "z_mean": z_mean,
             "z_log_var": z_log_var,
         }
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        images = x["image"] if self.conditional else x
         reconstruction, kl = negative_elbo_terms(
-            x, y_pred["reconstruction"], y_pred["z_mean"], y_pred["z_log_var"])
+            images, y_pred["reconstruction"], y_pred["z_mean"], y_pred["z_log_var"])
         # Feeding the per-image values makes each tracker a mean over images, which is how Keras
         # weights its own `loss` tracker (by batch size): loss == reconstruction_loss + kl_loss
         # holds also when the last batch is smaller.
@@ -279,14 +314,15 @@ class CVAE(keras.Model):
 
     def predict_step(self, data):
         x = data[0] if isinstance(data, (tuple, list)) else data
-        z_mean, _ = self.encoder(x, training=False)
-        return self.decoder(z_mean, training=False)
+        return self._encode_decode(x, training=False, sample=False)[0]
 
 
-def build_cvae(latent_dim, image_shape, architecture="article", seed=None):
-    """The CVAE; its encoder and decoder are usable alone as .encoder and .decoder."""
-    model = CVAE(build_encoder(latent_dim, image_shape, architecture),
-                 build_decoder(latent_dim, image_shape, architecture), seed=seed, name="cvae")
+def build_cvae(latent_dim, image_shape, architecture="article", seed=None, num_classes=None):
+    """The CVAE; its encoder and decoder are usable alone as .encoder and .decoder. With
+    num_classes, the conditional model (see build_encoder)."""
+    model = CVAE(build_encoder(latent_dim, image_shape, architecture, num_classes),
+                 build_decoder(latent_dim, image_shape, architecture, num_classes), seed=seed,
+                 name="cvae")
     model.build((None,) + tuple(image_shape))
     return model
 

@@ -83,15 +83,30 @@ class ImageData:
                         f"Its classes are: {', '.join(self.class_names)} (or give the index, 0 to "
                         f"{len(self.class_names) - 1}).")
 
+    def shown_images(self, seed):
+        """(images, captions, labels) of the test images the figures show: one per class (see
+        one_image_per_class); captions and labels are None without labels."""
+        images, captions = one_image_per_class(self.x_test, self.y_test, self.class_names, seed)
+        labels = None
+        if captions is not None:
+            labels = np.array([self.class_names.index(name) for name in captions])
+        return images, captions, labels
+
     def caption(self, label):
         return self.class_names[label] if self.class_names else str(label)
 
-    def training_input(self, batch_size, seed):
-        """What fit() takes: the array itself, or batches decoded from disk when streamed."""
-        if self.x_train is not None:
-            return self.x_train
-        return image_files.streamed_input(self.train_files, self.image_shape[:2],
-                                          self.image_shape[2], batch_size, seed)
+    def training_input(self, batch_size, seed, conditional=False):
+        """What fit() takes: the array itself, or batches decoded from disk when streamed; for a
+        conditional model, {"image": images, "label": labels} (or batches of that)."""
+        if self.x_train is None:
+            return image_files.streamed_input(self.train_files, self.image_shape[:2],
+                                              self.image_shape[2], batch_size, seed,
+                                              self.y_train if conditional else None)
+        return self.model_input(self.x_train, self.y_train, conditional)
+
+    @staticmethod
+    def model_input(x, y, conditional):
+        return {"image": x, "label": y.astype("int32")} if conditional else x
 
 
 def load_dataset(dataset="mnist", data_path=None, image_size=None, channels=None,

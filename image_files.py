@@ -100,8 +100,9 @@ def list_class_folder(root):
     return images, others
 
 
-def streamed_input(paths, image_size, channels, batch_size, seed):
-    """A keras.utils.PyDataset that decodes each training batch from disk, shuffled per epoch.
+def streamed_input(paths, image_size, channels, batch_size, seed, labels=None):
+    """A keras.utils.PyDataset that decodes each training batch from disk, shuffled per epoch;
+    with labels, each batch is {"image": images, "label": labels}, a conditional model's input.
 
     Keras's own dataset class rather than a tf.data pipeline: it runs on every Keras backend, and
     its worker threads decode the next batches while the current one trains.
@@ -119,7 +120,10 @@ def streamed_input(paths, image_size, channels, batch_size, seed):
 
         def __getitem__(self, index):
             chosen = self.order[index * batch_size:(index + 1) * batch_size]
-            return np.stack([prepare_file(paths[i], image_size, channels) for i in chosen])
+            images = np.stack([prepare_file(paths[i], image_size, channels) for i in chosen])
+            if labels is None:
+                return images
+            return {"image": images, "label": labels[chosen].astype("int32")}
 
         def on_epoch_end(self):
             self.order = self.rng.permutation(len(paths))

@@ -21,20 +21,28 @@ LOG_2PI = math.log(2.0 * math.pi)
 ACTIVE_UNIT_THRESHOLD = 0.01
 
 
-def encode(model, x, batch_size=EVAL_BATCH_SIZE):
-    """z_mean and z_log_var of every image, as NumPy arrays (N, latent_dim)."""
+def _with_labels(inputs, labels, start, stop):
+    """A batch of a model's inputs: the array alone, or [array, labels] for a conditional one."""
+    return inputs[start:stop] if labels is None else [inputs[start:stop], labels[start:stop]]
+
+
+def encode(model, x, batch_size=EVAL_BATCH_SIZE, labels=None):
+    """z_mean and z_log_var of every image, as NumPy arrays (N, latent_dim). labels: the class
+    of every image, for a conditional model (the same for every function here)."""
     means, log_vars = [], []
     for start in range(0, len(x), batch_size):
-        z_mean, z_log_var = model.encoder.predict_on_batch(x[start:start + batch_size])
+        z_mean, z_log_var = model.encoder.predict_on_batch(
+            _with_labels(x, labels, start, start + batch_size))
         means.append(z_mean)
         log_vars.append(z_log_var)
     return np.concatenate(means), np.concatenate(log_vars)
 
 
-def decode(model, z, batch_size=EVAL_BATCH_SIZE):
+def decode(model, z, batch_size=EVAL_BATCH_SIZE, labels=None):
     """Bernoulli means of the images decoded from z (N, latent_dim), as a NumPy array."""
-    return np.concatenate([model.decoder.predict_on_batch(z[start:start + batch_size])
-                           for start in range(0, len(z), batch_size)])
+    return np.concatenate([
+        model.decoder.predict_on_batch(_with_labels(z, labels, start, start + batch_size))
+        for start in range(0, len(z), batch_size)])
 
 
 def straight_line(z_start, z_end, steps):
@@ -43,14 +51,14 @@ def straight_line(z_start, z_end, steps):
     return ((1.0 - fractions) * z_start + fractions * z_end).astype("float32")
 
 
-def elbo_from_encoding(model, x, z_mean, z_log_var, rng, batch_size=EVAL_BATCH_SIZE):
+def elbo_from_encoding(model, x, z_mean, z_log_var, rng, batch_size=EVAL_BATCH_SIZE, labels=None):
     """(reconstruction, kl) per image, each (N,), in nats, given the encoder's outputs.
 
     One z ~ q(z|x) per image, so reconstruction + kl is a single-sample, unbiased estimate of
     each image's negative ELBO; the KL term is exact.
     """
     z = z_mean + np.exp(0.5 * z_log_var) * rng.standard_normal(z_mean.shape)
-    decoded = decode(model, z.astype("float32"), batch_size)
+    decoded = decode(model, z.astype("float32"), batch_size, labels)
     reconstruction = np.concatenate([
         ops.convert_to_numpy(reconstruction_nats(x[start:start + batch_size],
                                                  decoded[start:start + batch_size]))
@@ -58,11 +66,11 @@ def elbo_from_encoding(model, x, z_mean, z_log_var, rng, batch_size=EVAL_BATCH_S
     return reconstruction, ops.convert_to_numpy(kl_to_standard_normal(z_mean, z_log_var))
 
 
-def per_image_negative_elbo(model, x, seed=0, batch_size=EVAL_BATCH_SIZE):
+def per_image_negative_elbo(model, x, seed=0, batch_size=EVAL_BATCH_SIZE, labels=None):
     """(reconstruction, kl) per image, each (N,), in nats: see elbo_from_encoding."""
-    z_mean, z_log_var = encode(model, x, batch_size)
+    z_mean, z_log_var = encode(model, x, batch_size, labels)
     return elbo_from_encoding(model, x, z_mean, z_log_var, np.random.default_rng(seed),
-                              batch_size)
+                              batch_size, labels)
 
 
 def bits_per_dim(nats_per_image, image_shape):
@@ -71,7 +79,7 @@ def bits_per_dim(nats_per_image, image_shape):
     return float(nats_per_image) / (math.prod(image_shape) * math.log(2.0))
 
 
-def pixel_maps(model, x, num_samples, rng):
+def pixel_maps(model, x, num_samples, rng, labels=None):
     """Where each image's score comes from, and where the model is unsure, per pixel.
 
     For K samples z_k ~ q(z|x) of each image: the per-pixel reconstruction loss averaged over the
@@ -79,11 +87,13 @@ def pixel_maps(model, x, num_samples, rng):
     score), and the per-pixel standard deviation of the K decoded images (averaged over
     channels). Returns both, each shaped (N, height, width).
     """
-    z_mean, z_log_var = encode(model, x)
+    z_mean, z_log_var = encode(model, x, labels=labels)
     loss_maps, spreads = [], []
-    for image, mean, log_var in zip(x, z_mean, z_log_var):
+    for index, (image, mean, log_var) in enumerate(zip(x, z_mean, z_log_var)):
         z = mean + np.exp(0.5 * log_var) * rng.standard_normal((num_samples, len(mean)))
-        decoded = decode(model, z.astype("float32"))  # (K, height, width, channels)
+        same_label = None if labels is None else np.repeat(labels[index:index + 1], num_samples)
+        # (K, height, width, channels)
+        decoded = decode(model, z.astype("float32"), labels=same_label)
         pixel_loss = ops.convert_to_numpy(pixel_nats(np.broadcast_to(image, decoded.shape),
                                                      decoded))
         loss_maps.append(pixel_loss.mean(axis=0).sum(axis=-1))
@@ -109,14 +119,15 @@ def summarize_negative_elbo(reconstruction, kl, prefix="test_"):
     return summary
 
 
-def importance_log_weights(model, x, num_samples, seed=0, batch_size=EVAL_BATCH_SIZE):
+def importance_log_weights(model, x, num_samples, seed=0, batch_size=EVAL_BATCH_SIZE,
+                           labels=None):
     """log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x) for K samples z_k ~ q(z|x): (N, K).
 
     Burda, Grosse & Salakhutdinov (2015), "Importance Weighted Autoencoders", eq. 8:
     log p(x) >= E[log (1/K) sum_k w_k], a bound that tightens as K grows.
     """
     rng = np.random.default_rng(seed)
-    z_mean, z_log_var = encode(model, x, batch_size)
+    z_mean, z_log_var = encode(model, x, batch_size, labels)
     images_per_chunk = max(1, batch_size // num_samples)
     log_weights = np.empty((len(x), num_samples))
     for start in range(0, len(x), images_per_chunk):
@@ -124,7 +135,8 @@ def importance_log_weights(model, x, num_samples, seed=0, batch_size=EVAL_BATCH_
         mean, log_var = z_mean[start:stop, None, :], z_log_var[start:stop, None, :]
         epsilon = rng.standard_normal((stop - start, num_samples, z_mean.shape[1]))
         z = mean + np.exp(0.5 * log_var) * epsilon  # (images, K, latent_dim)
-        decoded = decode(model, z.reshape(-1, z.shape[-1]).astype("float32"), batch_size)
+        decoded = decode(model, z.reshape(-1, z.shape[-1]).astype("float32"), batch_size,
+                         None if labels is None else np.repeat(labels[start:stop], num_samples))
         images = np.repeat(x[start:stop], num_samples, axis=0)
         log_p_x_given_z = -ops.convert_to_numpy(reconstruction_nats(images, decoded)).reshape(
             stop - start, num_samples)

@@ -14,7 +14,6 @@ import numpy as np
 import measures
 import plotting
 import run_files
-from data import one_image_per_class
 
 # How much evaluation to do; the defaults keep a full evaluation to a couple of minutes on two
 # CPU cores. evaluate.py takes them as --name=value.
@@ -73,16 +72,20 @@ def evaluate_run(model, config, data, run_dir, settings=None):
     rng = np.random.default_rng(settings["eval_seed"])
     path = lambda name: os.path.join(run_dir, name)  # noqa: E731
     x_test, y_test = data.x_test, data.y_test
+    # A conditional model is given each image's class: it scores -log p(x|y), not -log p(x).
+    labels = y_test if model.conditional else None
 
     # The negative ELBO of every test image: encode once, one z sample, decode once.
-    z_mean, z_log_var = measures.encode(model, x_test)
-    reconstruction, kl = measures.elbo_from_encoding(model, x_test, z_mean, z_log_var, rng)
+    z_mean, z_log_var = measures.encode(model, x_test, labels=labels)
+    reconstruction, kl = measures.elbo_from_encoding(model, x_test, z_mean, z_log_var, rng,
+                                                     labels=labels)
     scores = reconstruction + kl
     metrics = measures.summarize_negative_elbo(reconstruction, kl)
     metrics["test_bits_per_dim"] = measures.bits_per_dim(metrics["test_negative_elbo"],
                                                          data.image_shape)
-    metrics["iwae"] = importance_weighted_estimates(model, x_test, scores, settings)
+    metrics["iwae"] = importance_weighted_estimates(model, x_test, scores, settings, labels)
     metrics.update(measures.latent_activity(z_mean, z_log_var))
+    metrics["conditional"] = bool(model.conditional)  # the scores are then -log p(x|y)
 
     # Anomaly detection: how well the score tells the held-out class from the others.
     is_held_out, holdout_name = None, None
@@ -101,20 +104,28 @@ def evaluate_run(model, config, data, run_dir, settings=None):
     latent_dim = z_mean.shape[1]
     dims = ([0, min(1, latent_dim - 1)] if latent_dim <= 2 else
             [int(d) for d in np.argsort(metrics["kl_per_dimension"])[::-1][:2]])
-    shown_x, shown_captions = one_image_per_class(x_test, y_test, data.class_names,
-                                                  seed=config.get("seed", 0))
-    shown_mean, _ = measures.encode(model, shown_x)
-    shown_reconstructions = measures.decode(model, shown_mean)
+    shown_x, shown_captions, shown_labels = data.shown_images(seed=config.get("seed", 0))
+    shown_labels = shown_labels if model.conditional else None
+    shown_mean, _ = measures.encode(model, shown_x, labels=shown_labels)
+    shown_reconstructions = measures.decode(model, shown_mean, labels=shown_labels)
     quantiles, grid = manifold_grid(settings["manifold_size"], latent_dim, dims)
-    manifold = measures.decode(model, grid)
-    samples = measures.decode(model, rng.standard_normal((100, latent_dim)).astype("float32"))
+    # A conditional model draws the manifold of the first class, and ten samples of each of the
+    # first ten classes, one class per row.
+    manifold = measures.decode(model, grid, labels=None if labels is None else np.zeros(
+        len(grid), "int32"))
+    sample_labels = None if labels is None else (np.arange(100) // 10) % len(data.class_names)
+    samples = measures.decode(model, rng.standard_normal((100, latent_dim)).astype("float32"),
+                              labels=sample_labels)
     names = shown_captions or [f"image {i + 1}" for i in range(len(shown_x))]
     pairs = [(a, a + 1) for a in range(0, len(shown_x) - 1, 2)]
     interpolations = None
     if pairs:  # a test split of one class shows one image, and there is nothing to join
         path_z = np.concatenate([measures.straight_line(shown_mean[a], shown_mean[b],
                                                         INTERPOLATION_STEPS) for a, b in pairs])
-        interpolations = measures.decode(model, path_z).reshape(
+        # A conditional path keeps the class of its start.
+        path_labels = None if shown_labels is None else np.repeat(
+            shown_labels[[a for a, _ in pairs]], INTERPOLATION_STEPS)
+        interpolations = measures.decode(model, path_z, labels=path_labels).reshape(
             (len(pairs), INTERPOLATION_STEPS) + data.image_shape)
     test_captions = None if y_test is None else [data.caption(label) for label in y_test]
 
@@ -129,7 +140,9 @@ def evaluate_run(model, config, data, run_dir, settings=None):
                                f"Posterior means of the {len(x_test)} test images{dims_note}")
     plotting.plot_manifold(manifold, quantiles, dims, path("manifold.png"))
     plotting.plot_image_grid(samples, 10, 10, path("samples.png"),
-                             "100 images decoded from z ~ N(0, I) (Bernoulli means)")
+                             "100 images decoded from z ~ N(0, I) (Bernoulli means)" + (
+                                 "" if labels is None else ", one class per row: " + ", ".join(
+                                     data.class_names[:10])))
     if interpolations is not None:
         plotting.plot_interpolations(interpolations,
                                      [f"{names[a]} to {names[b]}" for a, b in pairs],
@@ -150,12 +163,12 @@ def evaluate_run(model, config, data, run_dir, settings=None):
     return metrics
 
 
-def importance_weighted_estimates(model, x_test, scores, settings):
+def importance_weighted_estimates(model, x_test, scores, settings, labels=None):
     """log p(x) bounds at several K on the first iwae_images test images (Burda et al. 2015)."""
     n_iwae = min(settings["iwae_images"], len(x_test))
-    log_weights = measures.importance_log_weights(model, x_test[:n_iwae],
-                                                  settings["iwae_samples"],
-                                                  seed=settings["eval_seed"])
+    log_weights = measures.importance_log_weights(
+        model, x_test[:n_iwae], settings["iwae_samples"], seed=settings["eval_seed"],
+        labels=None if labels is None else labels[:n_iwae])
     ks = sorted({1, *[k for k in (8, 64, 256, 1024) if k < settings["iwae_samples"]],
                  settings["iwae_samples"]})
     iwae = {"images": n_iwae, "k": ks, "log_likelihood": [], "stderr": []}
@@ -190,7 +203,8 @@ def print_metrics(metrics):
           f"{metrics['test_bits_per_dim']:.4f} bits per dimension")
     iwae = metrics["iwae"]
     print(f"On the first {iwae['images']} test images: ELBO {iwae['elbo_same_images']:.2f}; "
-          f"importance-weighted log p(x) estimate: " + ", ".join(
+          f"importance-weighted log p(x{'|y' if metrics.get('conditional') else ''}) "
+          f"estimate: " + ", ".join(
               f"K={k}: {value:.2f} ± {se:.2f}"
               for k, value, se in zip(iwae["k"], iwae["log_likelihood"], iwae["stderr"])))
     print(f"Active latent units: {metrics['active_units']} of "

@@ -28,7 +28,8 @@ FIGURE_FILES = ("latent_space.png", "manifold.png", "samples.png", "interpolatio
                 "learning_curves.png", "anomalies.png", "score_histogram.png", "roc.png")
 # Everything a run writes, so that --overwrite=True can clear an old run and nothing else.
 RUN_FILES = (CONFIG_FILE, WEIGHTS_FILE, ENCODER_FILE, DECODER_FILE, HISTORY_FILE, METRICS_FILE,
-             RECONSTRUCTIONS_FILE, GIF_FILE, SCORES_FILE) + FIGURE_FILES
+             RECONSTRUCTIONS_FILE, GIF_FILE, SCORES_FILE, "scores.csv",
+             "conditional_accuracy.json") + FIGURE_FILES
 GENERATED_FOLDER = "generated"  # what sample.py writes by default
 TENSORBOARD_FOLDER = "tensorboard"  # with tensorboard=True
 RUN_FOLDERS = (SNAPSHOT_FOLDER, BACKUP_FOLDER, GENERATED_FOLDER, TENSORBOARD_FOLDER)
@@ -158,8 +159,29 @@ def build_model(config, seed=None):
     """A fresh CVAE of the architecture, latent size and image shape that config describes."""
     from cvae import build_cvae
 
+    num_classes = None
+    if config.get("conditional"):
+        num_classes = len(config["data"]["class_names"])
     return build_cvae(int(config["latent_dim"]), image_shape_of(config),
-                      config.get("architecture", "article"), seed=seed)
+                      config.get("architecture", "article"), seed=seed, num_classes=num_classes)
+
+
+def class_label(name_or_index, config):
+    """The label of a class of a conditional run, by name or index (sample.py and score.py's
+    --class_name); None when none is given."""
+    from configurator import require
+
+    if name_or_index is None:
+        return None
+    require(config.get("conditional"), "--class_name is for a conditional run (trained with "
+                                       "--conditional=True); this one models every class at once.")
+    names = config["data"]["class_names"]
+    if name_or_index in names:
+        return names.index(name_or_index)
+    require(name_or_index.isdigit() and int(name_or_index) < len(names),
+            f"--class_name={name_or_index!r} names no class of this run. Its classes: "
+            f"{', '.join(names)} (or an index, 0 to {len(names) - 1}).")
+    return int(name_or_index)
 
 
 def save_trained_model(model, config, run_dir):

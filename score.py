@@ -22,6 +22,7 @@ SCORE_DEFAULTS = {
     "latents": None,  # an .npz file: z_mean and z_log_var of every image scored
     "samples": 16,  # K, draws from q(z|x) for the uncertainty and score maps
     "seed": 0,  # seeds the z samples
+    "class_name": None,  # a conditional run: score every image as this class (name or index)
 }
 NPZ_IMAGE_KEYS = ("x", "x_test", "x_train", "images")
 
@@ -35,7 +36,7 @@ def main(argv):
                           "python score.py RUN_DIR INPUT... [--percentile=99].")
     run_dir, inputs = inputs[0], inputs[1:]
     settings = parse_overrides(SCORE_DEFAULTS, [a for a in argv if a.startswith("--")],
-                               {"out": str, "figures": str, "latents": str})
+                               {"out": str, "figures": str, "latents": str, "class_name": str})
     require(0 < settings["percentile"] < 100,
             f"percentile must be between 0 and 100, not {settings['percentile']}.")
     require(1 <= settings["samples"] <= 1000, "samples must be 1 to 1000.")
@@ -53,14 +54,19 @@ def main(argv):
     test_scores = np.load(test_scores_path, allow_pickle=False)
     threshold = float(np.percentile(test_scores, settings["percentile"]))
     image_shape = run_files.image_shape_of(config)
+    label = run_files.class_label(settings["class_name"], config)
+    require(not model.conditional or label is not None,
+            "This run is conditional: it scores an image given its class, -log p(x|y). Give the "
+            "class with --class_name (its test scores were computed with each image's own class).")
 
     names, images, failed = read_inputs(inputs, image_shape)
     rows = []
     if images:
         x = np.stack(images)
-        z_mean, z_log_var = measures.encode(model, x)
+        labels = None if label is None else np.full(len(x), label, "int32")
+        z_mean, z_log_var = measures.encode(model, x, labels=labels)
         reconstruction, kl = measures.elbo_from_encoding(
-            model, x, z_mean, z_log_var, np.random.default_rng(settings["seed"]))
+            model, x, z_mean, z_log_var, np.random.default_rng(settings["seed"]), labels=labels)
         scores = reconstruction + kl
         for name, score in zip(names, scores):
             rows.append({
@@ -72,7 +78,7 @@ def main(argv):
             run_files.write_atomically(settings["latents"], lambda temporary: np.savez(
                 temporary, path=np.array(names), z_mean=z_mean, z_log_var=z_log_var))
         if settings["figures"]:
-            draw_explanations(model, x, names, scores, test_scores, settings)
+            draw_explanations(model, x, labels, names, scores, test_scores, settings)
     rows += [{"path": name, "error": error} for name, error in failed]
     out = settings["out"] or os.path.join(run_dir, "scores.csv")
     write_rows(out, rows)
@@ -123,7 +129,7 @@ def read_inputs(inputs, image_shape):
     return names, images, failed
 
 
-def draw_explanations(model, x, names, scores, test_scores, settings):
+def draw_explanations(model, x, labels, names, scores, test_scores, settings):
     import numpy as np
 
     import measures
@@ -131,11 +137,12 @@ def draw_explanations(model, x, names, scores, test_scores, settings):
 
     os.makedirs(settings["figures"], exist_ok=True)
     rng = np.random.default_rng(settings["seed"])
-    z_mean, _ = measures.encode(model, x)
-    reconstructions = measures.decode(model, z_mean)
+    z_mean, _ = measures.encode(model, x, labels=labels)
+    reconstructions = measures.decode(model, z_mean, labels=labels)
     for start in range(0, len(x), 100):  # the maps of 100 images at a time
-        pixel_loss, uncertainty = measures.pixel_maps(model, x[start:start + 100],
-                                                      settings["samples"], rng)
+        pixel_loss, uncertainty = measures.pixel_maps(
+            model, x[start:start + 100], settings["samples"], rng,
+            labels=None if labels is None else labels[start:start + 100])
         for offset in range(len(pixel_loss)):
             index = start + offset
             percentile = 100.0 * np.mean(test_scores <= scores[index])

@@ -27,6 +27,7 @@ holdout_class = None  # a class name or index left out of training, to measure a
 # model
 architecture = "article"  # article: its stride-1 convolutions | strided: halving, for large images
 latent_dim = 2  # size of z; the article uses 2, which makes the latent space plottable
+conditional = False  # True: encoder and decoder also see the class (labelled data only)
 precision = "float32"  # float32 | mixed_bfloat16 (CPUs with bf16) | mixed_float16 (GPUs)
 # optimizer
 optimizer = "rmsprop"  # rmsprop (the article's) | adam | sgd
@@ -105,7 +106,7 @@ def main(argv):
     from callbacks import TrainingDiverged, training_callbacks
     from configurator import require
     from cvae import architecture_problem, training_gflops_per_image
-    from data import load_dataset_of_run, one_image_per_class
+    from data import load_dataset_of_run
     from optimization import make_optimizer
     from report import evaluate_run, scaled_to_run
 
@@ -118,6 +119,9 @@ def main(argv):
     data = training_images(load_dataset_of_run(config), config)
     problem = architecture_problem(data.image_shape, config["latent_dim"], config["architecture"])
     require(problem is None, problem)
+    require(not config["conditional"] or data.y_train is not None,
+            f"conditional=True needs class labels, and {data.description} has none: give it "
+            f"class subfolders (or y_train and y_test), or leave conditional as False.")
     if config["overwrite"]:
         # Only now, with every input checked, is the old run deleted.
         run_files.remove_run(out_dir)
@@ -143,20 +147,24 @@ def main(argv):
     run_files.write_json(path(run_files.CONFIG_FILE), {**config, "versions": versions()})
 
     # train; the test set is only monitored (val_* columns), never used to choose anything
-    shown_x, _ = one_image_per_class(data.x_test, data.y_test, data.class_names, config["seed"])
-    training_input = data.training_input(config["batch_size"], config["seed"])
+    conditional = config["conditional"]
+    shown_x, _, shown_labels = data.shown_images(config["seed"])
+    shown_input = data.model_input(shown_x, shown_labels, conditional)
+    training_input = data.training_input(config["batch_size"], config["seed"], conditional)
     evaluation_settings, monitored, note = scaled_to_run(data.num_train, config["epochs"],
                                                          len(data.x_test))
     if note:
         print(note.replace("OUT_DIR", out_dir))
     try:
         model.fit(training_input, epochs=config["epochs"],
-                  validation_data=(data.x_test[:monitored],),
+                  validation_data=(data.model_input(data.x_test[:monitored],
+                                                    data.y_test[:monitored] if conditional
+                                                    else None, conditional),),
                   batch_size=config["batch_size"] if data.x_train is not None else None,
-                  callbacks=training_callbacks(out_dir, shown_x, config),
+                  callbacks=training_callbacks(out_dir, shown_x, shown_input, config),
                   verbose="auto" if sys.stdout.isatty() else 2)
     except KeyboardInterrupt:
-        return stop_on_interrupt(model, config, shown_x)
+        return stop_on_interrupt(model, config, shown_x, shown_input)
     except TrainingDiverged as error:
         return stop_on_divergence(error, out_dir)
     run_files.save_trained_model(model, config, out_dir)
@@ -198,14 +206,14 @@ def training_images(data, config):
     return data
 
 
-def stop_on_interrupt(model, config, shown_x):
+def stop_on_interrupt(model, config, shown_x, shown_input):
     """Ctrl-C during training: save the weights and a reconstruction figure, say how to resume."""
     import run_files
     from plotting import plot_reconstructions
 
     path = lambda name: os.path.join(config["out_dir"], name)  # noqa: E731
     run_files.save_trained_model(model, config, config["out_dir"])
-    plot_reconstructions(shown_x, model.predict(shown_x, verbose=0), None,
+    plot_reconstructions(shown_x, model.predict(shown_input, verbose=0), None,
                          path(run_files.RECONSTRUCTIONS_FILE),
                          title="Test images and their reconstructions (interrupted run)")
     done = len(run_files.read_history(path(run_files.HISTORY_FILE)))
