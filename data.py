@@ -104,9 +104,19 @@ class ImageData:
                                               self.y_train if conditional else None)
         return self.model_input(self.x_train, self.y_train, conditional)
 
+    def test_input(self, count, conditional=False):
+        """The first count test images as the model takes them (with labels if conditional)."""
+        return self.model_input(self.x_test[:count],
+                                self.y_test[:count] if conditional else None, conditional)
+
     @staticmethod
     def model_input(x, y, conditional):
         return {"image": x, "label": y.astype("int32")} if conditional else x
+
+    def summary(self):
+        """What a run records of its data (config.json's "data"), to notice if it changes."""
+        return {"image_shape": list(self.image_shape), "class_names": self.class_names,
+                "train_images": self.num_train, "test_images": len(self.x_test)}
 
 
 def load_dataset(dataset="mnist", data_path=None, image_size=None, channels=None,

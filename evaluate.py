@@ -28,9 +28,9 @@ def main(argv):
 
     config, model = load_run(run_dir)
     data = load_dataset_of_run(config)
-    require_same_data(run_dir, config.get("data"), {
-        "image_shape": list(data.image_shape), "class_names": data.class_names,
-        "test_images": len(data.x_test)})
+    # The training count is left out: holdout_class and train_subset change it after loading.
+    summary = {key: value for key, value in data.summary().items() if key != "train_images"}
+    require_same_data(run_dir, config.get("data"), summary)
     evaluate_run(model, config, data, run_dir, settings)
     print(f"Figures and metrics.json written to {run_dir}/")
     return 0

@@ -104,8 +104,7 @@ def main(argv):
 
     import run_files
     from callbacks import TrainingDiverged, training_callbacks
-    from configurator import require
-    from cvae import architecture_problem, training_gflops_per_image
+    from cvae import training_gflops_per_image
     from data import load_dataset_of_run
     from optimization import make_optimizer
     from report import evaluate_run, scaled_to_run
@@ -117,11 +116,8 @@ def main(argv):
 
     # data
     data = training_images(load_dataset_of_run(config), config)
-    problem = architecture_problem(data.image_shape, config["latent_dim"], config["architecture"])
-    require(problem is None, problem)
-    require(not config["conditional"] or data.y_train is not None,
-            f"conditional=True needs class labels, and {data.description} has none: give it "
-            f"class subfolders (or y_train and y_test), or leave conditional as False.")
+    config["data"] = data.summary()
+    check_model_fits_data(data, config)
     if config["overwrite"]:
         # Only now, with every input checked, is the old run deleted.
         run_files.remove_run(out_dir)
@@ -129,11 +125,6 @@ def main(argv):
     # model and optimizer
     keras.mixed_precision.set_dtype_policy(config["precision"])
     keras.utils.set_random_seed(config["seed"])
-    config["data"] = {"image_shape": list(data.image_shape), "class_names": data.class_names,
-                      "train_images": data.num_train, "test_images": len(data.x_test)}
-    if not config["overwrite"] and os.path.exists(path(run_files.CONFIG_FILE)):
-        run_files.require_same_data(out_dir, run_files.read_json(path(run_files.CONFIG_FILE)).get(
-            "data"), config["data"])
     model = run_files.build_model(config, seed=config["seed"])
     model.encoder.summary()
     model.decoder.summary()
@@ -157,9 +148,7 @@ def main(argv):
         print(note.replace("OUT_DIR", out_dir))
     try:
         model.fit(training_input, epochs=config["epochs"],
-                  validation_data=(data.model_input(data.x_test[:monitored],
-                                                    data.y_test[:monitored] if conditional
-                                                    else None, conditional),),
+                  validation_data=(data.test_input(monitored, conditional),),
                   batch_size=config["batch_size"] if data.x_train is not None else None,
                   callbacks=training_callbacks(out_dir, shown_x, shown_input, config),
                   verbose="auto" if sys.stdout.isatty() else 2)
@@ -180,6 +169,24 @@ def main(argv):
     run_files.finish_run(out_dir)
     print(f"Saved the run in {out_dir}/: {run_files.RECONSTRUCTIONS_FILE}, metrics.json, figures.")
     return 0
+
+
+def check_model_fits_data(data, config):
+    """Refuse, before anything is built, a model the data cannot train, or a resumed run whose
+    data has changed since it started."""
+    import run_files
+    from configurator import require
+    from cvae import architecture_problem
+
+    problem = architecture_problem(data.image_shape, config["latent_dim"], config["architecture"])
+    require(problem is None, problem)
+    require(not config["conditional"] or data.y_train is not None,
+            f"conditional=True needs class labels, and {data.description} has none: give it "
+            f"class subfolders (or y_train and y_test), or leave conditional as False.")
+    config_path = os.path.join(config["out_dir"], run_files.CONFIG_FILE)
+    if not config["overwrite"] and os.path.exists(config_path):
+        run_files.require_same_data(config["out_dir"], run_files.read_json(config_path).get(
+            "data"), config["data"])
 
 
 def training_images(data, config):
