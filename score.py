@@ -116,7 +116,9 @@ def read_inputs(inputs, image_shape):
                 names += [f"{item}[{key}][{i}]" for i in range(len(array))]
                 images += list(array)
             except (DataError, ValueError, OSError) as error:
-                failed.append((item, f"cannot read it as images: {error}"))
+                expected = "x".join(str(side) for side in image_shape)
+                failed.append((item, f"cannot read it as images for this run, which takes "
+                                     f"{expected} images (height x width x channels): {error}"))
         else:
             files.append(item)
     for path, pixels, error in prepare_files(files, image_shape):
