@@ -240,3 +240,30 @@ def test_tensorboard_logs_the_loss_terms_learning_rate_and_snapshots(tmp_path, f
     images = EventAccumulator(str(out_dir / "tensorboard" / "snapshots")).Reload()
     image_tags = set(images.Tags()["images"]) | set(images.Tags()["tensors"])
     assert any("reconstructions" in tag for tag in image_tags)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_the_exported_decoder_gives_the_same_images_on_other_backends(finished_run, tmp_path,
+                                                                      backend):
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed (see the README's other backends)")
+    out_dir, _, _ = finished_run
+    z = np.random.default_rng(0).standard_normal((4, 2)).astype("float32")
+    np.save(tmp_path / "z.npy", z)
+    code = ("import keras, numpy as np\n"
+            f"decoder = keras.saving.load_model({str(out_dir / 'decoder.keras')!r})\n"
+            "np.save('images.npy', decoder.predict(np.load('z.npy'), verbose=0))\n")
+    result = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path, timeout=300,
+                            capture_output=True, text=True,
+                            env={**os.environ, "KERAS_BACKEND": backend})
+    assert result.returncode == 0, result.stderr[-2000:]
+    from run_files import load_run
+
+    _, model = load_run(str(out_dir))
+    np.testing.assert_allclose(np.load(tmp_path / "images.npy"),
+                               model.decoder.predict(z, verbose=0), atol=1e-5)
