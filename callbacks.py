@@ -11,6 +11,7 @@ import time
 import keras
 import numpy as np
 
+import measures
 import run_files
 from plotting import plot_training_snapshot, save_gif
 
@@ -125,14 +126,14 @@ class EpochSnapshots(keras.callbacks.Callback):
     """Saves snapshots/epoch_NNN.png, the same test images and the same prior draws every epoch,
     and stitches every frame so far into training.gif, so that even an interrupted run has it.
 
-    originals: the images drawn; model_input: the same as the model takes them (with their
-    labels for a conditional model, whose prior draws are then decoded in the same classes).
+    originals: the images drawn; labels: their classes (None without labels), which a
+    conditional model is given, and in which it decodes the prior draws too.
     """
 
-    def __init__(self, originals, model_input, latent_dim, folder, gif_path, seed=0):
+    def __init__(self, originals, labels, latent_dim, folder, gif_path, seed=0):
         super().__init__()
         self.originals = originals
-        self.model_input = model_input
+        self.labels = labels
         self.folder = folder
         self.gif_path = gif_path
         # Fixed draws from the prior, so successive frames show the decoder change, not z.
@@ -140,9 +141,9 @@ class EpochSnapshots(keras.callbacks.Callback):
             (len(originals), latent_dim)).astype("float32")
 
     def on_epoch_end(self, epoch, logs=None):
-        reconstructions = self.model.predict_on_batch(self.model_input)
-        z = [self.z, self.model_input["label"]] if self.model.conditional else self.z
-        samples = keras.ops.convert_to_numpy(self.model.decoder(z, training=False))
+        labels = self.labels if self.model.conditional else None
+        reconstructions = measures.reconstruct(self.model, self.originals, labels)
+        samples = measures.decode(self.model, self.z, labels=labels)
         plot_training_snapshot(self.originals, reconstructions, samples, epoch + 1,
                                os.path.join(self.folder, f"epoch_{epoch + 1:03d}.png"))
         frames = sorted(name for name in os.listdir(self.folder)
@@ -174,7 +175,7 @@ class TensorBoardSnapshots(keras.callbacks.Callback):
                              step=epoch + 1)
 
 
-def training_callbacks(out_dir, shown_x, shown_input, config):
+def training_callbacks(out_dir, shown_x, shown_labels, config):
     """train.py's callbacks, in the order they must run at each epoch's end."""
     path = lambda name: os.path.join(out_dir, name)  # noqa: E731
     tensorboard = []
@@ -187,7 +188,7 @@ def training_callbacks(out_dir, shown_x, shown_input, config):
     return [
         DivergenceGuard(),
         EpochTimer(),
-        EpochSnapshots(shown_x, shown_input, config["latent_dim"], path(run_files.SNAPSHOT_FOLDER),
+        EpochSnapshots(shown_x, shown_labels, config["latent_dim"], path(run_files.SNAPSHOT_FOLDER),
                        path(run_files.GIF_FILE), seed=config["seed"]),
         *tensorboard,
         # The history is written before the backup: a crash between the two makes the resumed

@@ -262,9 +262,11 @@ class CVAE(keras.Model):
     """Encoder + sampling + decoder, trained with compile()/fit() on the negative ELBO.
 
     Calling the model returns a dict with the reconstruction and the encoder's Gaussian, so the
-    loss sees z_mean and z_log_var of the same forward pass; predict() returns reconstructions
-    decoded from z_mean (the most likely code), as the article's cvae.predict did. A conditional
-    model takes {"image": images, "label": integer labels} wherever the other takes images.
+    loss sees z_mean and z_log_var of the same forward pass. A conditional model takes
+    {"image": images, "label": integer labels} wherever the other takes images. To reconstruct
+    from z_mean, as the article's cvae.predict did, use measures.reconstruct: it runs the
+    functional encoder and decoder, whose predict works the same on every Keras backend (a
+    predict_step override here would not: its signature differs on JAX).
     """
 
     def __init__(self, encoder, decoder, seed=None, **kwargs):
@@ -284,19 +286,15 @@ class CVAE(keras.Model):
     def conditional(self):
         return len(self.decoder.inputs) == 2
 
-    def _encode_decode(self, x, training, sample):
+    def call(self, x, training=False):
         if self.conditional:
             z_mean, z_log_var = self.encoder([x["image"], x["label"]], training=training)
         else:
             z_mean, z_log_var = self.encoder(x, training=training)
-        z = self.sampling([z_mean, z_log_var]) if sample else z_mean
+        z = self.sampling([z_mean, z_log_var])
         z = [z, x["label"]] if self.conditional else z
-        return self.decoder(z, training=training), z_mean, z_log_var
-
-    def call(self, x, training=False):
-        reconstruction, z_mean, z_log_var = self._encode_decode(x, training, sample=True)
         return {
-            "reconstruction": reconstruction,
+            "reconstruction": self.decoder(z, training=training),
             "z_mean": z_mean,
             "z_log_var": z_log_var,
         }
@@ -311,10 +309,6 @@ class CVAE(keras.Model):
         self.reconstruction_tracker.update_state(reconstruction)
         self.kl_tracker.update_state(kl)
         return ops.mean(reconstruction) + ops.mean(kl)
-
-    def predict_step(self, data):
-        x = data[0] if isinstance(data, (tuple, list)) else data
-        return self._encode_decode(x, training=False, sample=False)[0]
 
 
 def build_cvae(latent_dim, image_shape, architecture="article", seed=None, num_classes=None):

@@ -45,6 +45,13 @@ def decode(model, z, batch_size=EVAL_BATCH_SIZE, labels=None):
         for start in range(0, len(z), batch_size)])
 
 
+def reconstruct(model, x, labels=None):
+    """Each image decoded from its posterior mean z_mean, the most likely code (as the article's
+    cvae.predict showed them)."""
+    z_mean, _ = encode(model, x, labels=labels)
+    return decode(model, z_mean, labels=labels)
+
+
 def straight_line(z_start, z_end, steps):
     """steps latent codes evenly spaced from z_start to z_end, both included: (steps, latent)."""
     fractions = np.linspace(0.0, 1.0, steps)[:, None]

@@ -74,8 +74,10 @@ def make_optimizer(name, learning_rate, total_steps, warmup_steps=500, schedule=
                    fused=True):
     """The named Keras optimizer, with its default settings but for the learning rate.
 
-    fused=True (train.py's setting) compiles its update with XLA; the numbers it computes are the
-    same up to float rounding order. fused=False is Keras's plain optimizer.
+    fused=True (train.py's setting) compiles its update with XLA on the TensorFlow backend; the
+    numbers it computes are the same up to float rounding order. On JAX the whole step is already
+    one jitted function, and on PyTorch there is no XLA: both get Keras's plain optimizer, as
+    fused=False does everywhere.
     """
     import keras
 
@@ -83,7 +85,7 @@ def make_optimizer(name, learning_rate, total_steps, warmup_steps=500, schedule=
         raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, not {name!r}.")
     lr = learning_rate_schedule(learning_rate, total_steps, warmup_steps, schedule)
     keras_class = getattr(keras.optimizers, OPTIMIZERS[name])
-    if not fused:
+    if not fused or keras.backend.backend() != "tensorflow":
         return keras_class(learning_rate=lr)
     fused_class = type(f"Fused{keras_class.__name__}", (FusedUpdate, keras_class), {})
     # Named as Keras names the plain class ("rm_sprop"), so nothing downstream sees the difference.

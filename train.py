@@ -140,7 +140,6 @@ def main(argv):
     # train; the test set is only monitored (val_* columns), never used to choose anything
     conditional = config["conditional"]
     shown_x, _, shown_labels = data.shown_images(config["seed"])
-    shown_input = data.model_input(shown_x, shown_labels, conditional)
     training_input = data.training_input(config["batch_size"], config["seed"], conditional)
     evaluation_settings, monitored, note = scaled_to_run(data.num_train, config["epochs"],
                                                          len(data.x_test))
@@ -150,10 +149,10 @@ def main(argv):
         model.fit(training_input, epochs=config["epochs"],
                   validation_data=(data.test_input(monitored, conditional),),
                   batch_size=config["batch_size"] if data.x_train is not None else None,
-                  callbacks=training_callbacks(out_dir, shown_x, shown_input, config),
+                  callbacks=training_callbacks(out_dir, shown_x, shown_labels, config),
                   verbose="auto" if sys.stdout.isatty() else 2)
     except KeyboardInterrupt:
-        return stop_on_interrupt(model, config, shown_x, shown_input)
+        return stop_on_interrupt(model, config, shown_x, shown_labels)
     except TrainingDiverged as error:
         return stop_on_divergence(error, out_dir)
     run_files.save_trained_model(model, config, out_dir)
@@ -213,14 +212,16 @@ def training_images(data, config):
     return data
 
 
-def stop_on_interrupt(model, config, shown_x, shown_input):
+def stop_on_interrupt(model, config, shown_x, shown_labels):
     """Ctrl-C during training: save the weights and a reconstruction figure, say how to resume."""
     import run_files
+    from measures import reconstruct
     from plotting import plot_reconstructions
 
     path = lambda name: os.path.join(config["out_dir"], name)  # noqa: E731
     run_files.save_trained_model(model, config, config["out_dir"])
-    plot_reconstructions(shown_x, model.predict(shown_input, verbose=0), None,
+    labels = shown_labels if config["conditional"] else None
+    plot_reconstructions(shown_x, reconstruct(model, shown_x, labels), None,
                          path(run_files.RECONSTRUCTIONS_FILE),
                          title="Test images and their reconstructions (interrupted run)")
     done = len(run_files.read_history(path(run_files.HISTORY_FILE)))
