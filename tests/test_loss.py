@@ -1,8 +1,12 @@
 import keras
 import numpy as np
+import pytest
 
 from cvae import PROBABILITY_EPSILON, build_cvae, negative_elbo_terms
 from data import MNIST_IMAGE_SHAPE
+
+# The model and its loss must be the same on every Keras backend.
+pytestmark = pytest.mark.backend
 
 
 def numpy_negative_elbo(x, p, mu, log_var):

@@ -1,0 +1,77 @@
+"""What must work on every Keras backend. CI runs these with KERAS_BACKEND=jax and =torch as well
+as on TensorFlow: `KERAS_BACKEND=jax python -m pytest -q -m backend`."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, fake_mnist_arrays, run_script
+
+pytestmark = [pytest.mark.backend, pytest.mark.slow]
+BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
+SHORT = ["--batch_size=16", "--warmup_steps=2"]
+
+
+@pytest.fixture(scope="module")
+def data_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "mnist.npz"
+    np.savez(path, **fake_mnist_arrays(n_train=96, n_test=40))
+    return str(path)
+
+
+def test_kill_resume_evaluate_sample_score_on_this_backend(data_path, tmp_path):
+    out_dir = tmp_path / "run"
+    arguments = [f"--data_path={data_path}", f"--out_dir={out_dir}", "--epochs=2", *SHORT]
+    process = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *arguments],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    metadata = out_dir / "backup" / "training_metadata.json"
+    while not metadata.exists():  # the first epoch is backed up: kill it in the second
+        assert process.poll() is None, process.communicate()[1][-2000:]
+        subprocess.run(["sleep", "0.2"])
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    resumed = run_script("train.py", *arguments)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "1 epoch(s) already done" in resumed.stdout
+    config = json.loads((out_dir / "config.json").read_text())
+    assert config["versions"]["backend"] == BACKEND
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert 500 < metrics["test_negative_elbo"] < 2000  # uniform noise: about 543 nats at best
+
+    evaluated = run_script("evaluate.py", str(out_dir), "--iwae_samples=8")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    again = json.loads((out_dir / "metrics.json").read_text())
+    assert again["test_negative_elbo"] == pytest.approx(metrics["test_negative_elbo"], rel=1e-4)
+    sampled = run_script("sample.py", str(out_dir), "--n=4", f"--out_dir={tmp_path / 'gen'}")
+    assert sampled.returncode == 0 and (tmp_path / "gen" / "samples.png").exists()
+    scored = run_script("score.py", str(out_dir), data_path, f"--out={tmp_path / 's.csv'}")
+    assert scored.returncode == 0, scored.stderr[-2000:]
+
+
+@pytest.mark.parametrize("writer", sorted({"tensorflow", "jax", "torch"} - {BACKEND}))
+def test_a_decoder_written_on_another_backend_loads_on_this_one(writer, data_path, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec(writer) is None:
+        pytest.skip(f"{writer} is not installed")
+    out_dir = tmp_path / "run"
+    trained = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "train.py"), f"--data_path={data_path}",
+         f"--out_dir={out_dir}", "--epochs=1", *SHORT], cwd=ROOT, capture_output=True,
+        text=True, timeout=600, env={**os.environ, "KERAS_BACKEND": writer})
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    import keras
+
+    from run_files import load_run
+
+    decoder = keras.saving.load_model(str(out_dir / "decoder.keras"))
+    _, model = load_run(str(out_dir))
+    z = np.random.default_rng(0).standard_normal((3, 2)).astype("float32")
+    np.testing.assert_allclose(decoder.predict(z, verbose=0), model.decoder.predict(z, verbose=0),
+                               atol=1e-6)
