@@ -66,3 +66,18 @@ def require(condition, message):
     """Raise ConfigError(message) unless condition holds; for range checks."""
     if not condition:
         raise ConfigError(message)
+
+
+def run_command(main):
+    """Run a command's main(argv) and exit with its code; a ConfigError, DataError or RunError
+    (the errors that explain themselves) becomes one paragraph on stderr and exit code 2."""
+    import sys
+
+    from data import DataError
+    from run_files import RunError
+
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except (ConfigError, DataError, RunError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -9,7 +9,6 @@ same files train.py writes at its end.
 """
 
 import os
-import sys
 
 
 def main(argv):
@@ -37,12 +36,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from configurator import ConfigError
-    from data import DataError
-    from run_files import RunError
+    from configurator import run_command
 
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except (ConfigError, DataError, RunError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    run_command(main)

@@ -12,7 +12,6 @@ the preprocessing the run was trained with (image_files.prepare_file).
 
 import math
 import os
-import sys
 
 SAMPLE_DEFAULTS = {
     "n": 64,  # images to draw from the prior
@@ -108,11 +107,6 @@ def read_images(paths, config):
 
 
 if __name__ == "__main__":
-    from configurator import ConfigError
-    from run_files import RunError
+    from configurator import run_command
 
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except (ConfigError, RunError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    run_command(main)

@@ -261,16 +261,7 @@ def versions():
             "python": sys.version.split()[0]}
 
 
-def run_from_command_line():
-    from configurator import ConfigError
-    from data import DataError
-
-    try:
-        return main(sys.argv[1:])
-    except (ConfigError, DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-
-
 if __name__ == "__main__":
-    sys.exit(run_from_command_line())
+    from configurator import run_command
+
+    run_command(main)
