@@ -58,13 +58,17 @@ def straight_line(z_start, z_end, steps):
     return ((1.0 - fractions) * z_start + fractions * z_end).astype("float32")
 
 
-def elbo_from_encoding(model, x, z_mean, z_log_var, rng, batch_size=EVAL_BATCH_SIZE, labels=None):
+def elbo_from_encoding(model, x, z_mean, z_log_var, rng, batch_size=EVAL_BATCH_SIZE, labels=None,
+                       epsilon=None):
     """(reconstruction, kl) per image, each (N,), in nats, given the encoder's outputs.
 
     One z ~ q(z|x) per image, so reconstruction + kl is a single-sample, unbiased estimate of
-    each image's negative ELBO; the KL term is exact.
+    each image's negative ELBO; the KL term is exact. The standard normal noise of z comes from
+    rng, or is given as epsilon (N, latent_dim).
     """
-    z = z_mean + np.exp(0.5 * z_log_var) * rng.standard_normal(z_mean.shape)
+    if epsilon is None:
+        epsilon = rng.standard_normal(z_mean.shape)
+    z = z_mean + np.exp(0.5 * z_log_var) * epsilon
     decoded = decode(model, z.astype("float32"), batch_size, labels)
     reconstruction = np.concatenate([
         ops.convert_to_numpy(reconstruction_nats(x[start:start + batch_size],

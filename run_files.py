@@ -218,6 +218,7 @@ def load_run(run_dir):
     try:
         config = read_json(config_path)
         assert int(config["latent_dim"]) > 0 and len(image_shape_of(config)) == 3
+        assert not config.get("conditional") or len(config["data"]["class_names"]) > 0
     except (ValueError, KeyError, TypeError, AssertionError) as error:
         raise RunError(f"{config_path!r} is not a valid run configuration ({error}). It may have "
                        f"been edited by hand; train again or restore it.") from None

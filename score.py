@@ -14,6 +14,7 @@ its error in its row and a warning; the others are still scored, and the exit co
 import csv
 import os
 import sys
+import zlib
 
 SCORE_DEFAULTS = {
     "percentile": 99.0,  # an image above this percentile of the test-split scores is anomalous
@@ -65,8 +66,12 @@ def main(argv):
         x = np.stack(images)
         labels = None if label is None else np.full(len(x), label, "int32")
         z_mean, z_log_var = measures.encode(model, x, labels=labels)
+        # Each image's z sample is seeded by its name, so that its score does not depend on what
+        # else is scored with it.
+        epsilon = np.stack([np.random.default_rng([settings["seed"], zlib.crc32(name.encode())])
+                            .standard_normal(z_mean.shape[1]) for name in names])
         reconstruction, kl = measures.elbo_from_encoding(
-            model, x, z_mean, z_log_var, np.random.default_rng(settings["seed"]), labels=labels)
+            model, x, z_mean, z_log_var, None, labels=labels, epsilon=epsilon)
         scores = reconstruction + kl
         for name, score in zip(names, scores):
             rows.append({
@@ -75,12 +80,17 @@ def main(argv):
                 "percentile": f"{100.0 * np.mean(test_scores <= score):.2f}",
                 "anomalous": bool(score > threshold), "error": ""})
         if settings["latents"]:
-            run_files.write_atomically(settings["latents"], lambda temporary: np.savez(
-                temporary, path=np.array(names), z_mean=z_mean, z_log_var=z_log_var))
+            def write_latents(temporary):
+                with open(temporary, "wb") as f:  # a path not ending in .npz would get one added
+                    np.savez(f, path=np.array(names), z_mean=z_mean, z_log_var=z_log_var)
+
+            make_parent_folder(settings["latents"])
+            run_files.write_atomically(settings["latents"], write_latents)
         if settings["figures"]:
             draw_explanations(model, x, labels, names, scores, test_scores, settings)
     rows += [{"path": name, "error": error} for name, error in failed]
     out = settings["out"] or os.path.join(run_dir, "scores.csv")
+    make_parent_folder(out)
     write_rows(out, rows)
     flagged = sum(1 for row in rows if row.get("anomalous") is True)
     print(f"Scored {len(names)} image(s) into {out}: {flagged} above the "
@@ -153,6 +163,16 @@ def draw_explanations(model, x, labels, names, scores, test_scores, settings):
                 f"{os.path.basename(names[index])}: {scores[index]:.1f} nats, percentile "
                 f"{percentile:.1f} of the test split",
                 os.path.join(settings["figures"], f"{index:05d}_{figure_name(names[index])}.png"))
+
+
+def make_parent_folder(path):
+    from run_files import RunError
+
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    except OSError as error:
+        raise RunError(f"Cannot create the folder for {path!r}: {error.strerror}. Choose a path "
+                       f"you can write to.") from None
 
 
 def figure_name(name):

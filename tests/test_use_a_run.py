@@ -174,3 +174,19 @@ def test_conditional_needs_labels(tmp_path):
     result = run_script("train.py", f"--dataset={data_path}", f"--out_dir={tmp_path / 'run'}",
                         "--conditional=True")
     assert result.returncode == 2 and "conditional=True needs class labels" in result.stderr
+
+
+def test_an_images_score_does_not_depend_on_what_else_is_scored(finished_run, tmp_path):
+    run = finished_run[0]
+    write_images(tmp_path / "digits", fake_mnist_arrays()["x_test"][:6])
+    alone = run_script("score.py", str(run), str(tmp_path / "digits" / "003.png"),
+                       f"--out={tmp_path / 'alone.csv'}")
+    together = run_script("score.py", str(run), str(tmp_path / "digits"),
+                          f"--out={tmp_path / 'new' / 'together.csv'}",
+                          f"--latents={tmp_path / 'codes'}")
+    assert alone.returncode == 0 and together.returncode == 0, together.stderr[-2000:]
+    score = {row["path"]: row["negative_elbo_nats"] for row in
+             read_rows(tmp_path / "new" / "together.csv")}
+    assert read_rows(tmp_path / "alone.csv")[0]["negative_elbo_nats"] == score[
+        str(tmp_path / "digits" / "003.png")]
+    assert np.load(tmp_path / "codes")["z_mean"].shape == (6, 2)  # no .npz added to the name
