@@ -19,6 +19,7 @@ from collections import Counter
 import numpy as np
 
 import image_files
+from batches import in_memory_batches
 
 MNIST_IMAGE_SHAPE = (28, 28, 1)
 KERAS_DATASETS = ("mnist", "fashion_mnist", "cifar10")
@@ -96,18 +97,21 @@ class ImageData:
         return self.class_names[label] if self.class_names else str(label)
 
     def training_input(self, batch_size, seed, conditional=False):
-        """What fit() takes: the array itself, or batches decoded from disk when streamed; for a
-        conditional model, {"image": images, "label": labels} (or batches of that)."""
+        """What fit() takes: batches of the training images, shuffled every epoch by seed, from
+        memory (batches.in_memory_batches) or decoded from disk when streamed; for a conditional
+        model, each batch is {"image": images, "label": labels}."""
         if self.x_train is None:
             return image_files.streamed_input(self.train_files, self.image_shape[:2],
                                               self.image_shape[2], batch_size, seed,
                                               self.y_train if conditional else None)
-        return self.model_input(self.x_train, self.y_train, conditional)
+        return in_memory_batches(self.model_input(self.x_train, self.y_train, conditional),
+                                 batch_size, shuffle_seed=seed)
 
-    def test_input(self, count, conditional=False):
-        """The first count test images as the model takes them (with labels if conditional)."""
-        return self.model_input(self.x_test[:count],
-                                self.y_test[:count] if conditional else None, conditional)
+    def test_input(self, count, batch_size, conditional=False):
+        """Batches of the first count test images, in order, as the model takes them."""
+        return in_memory_batches(self.model_input(
+            self.x_test[:count], self.y_test[:count] if conditional else None, conditional),
+            batch_size)
 
     @staticmethod
     def model_input(x, y, conditional):

@@ -1,56 +1,63 @@
-"""Training and evaluation speed of the project's CVAE against a plain-Keras baseline.
+"""Training and evaluation speed of the project's CVAE on each Keras backend, against plain Keras.
 
-The baseline is the article's architecture written the way its readers would in Keras 3: one
-functional model, the KL term added with add_loss, compile(optimizer="rmsprop") with a summed
-binary cross-entropy, and fit(x, x) on NumPy arrays with default settings. Both are timed in this
-one process, in alternating repetitions, on the same real MNIST images, after a warm-up that
-absorbs graph tracing. Usage:
+    python benchmarks/train_speed.py --data_path=../shared/data/mnist.npz      # TensorFlow
+    python benchmarks/train_speed.py --backends=tensorflow,jax,torch           # every backend
+    python benchmarks/train_speed.py --images=6400 --repeats=3                 # shorter passes
+    python benchmarks/train_speed.py --variants=float32,float32+xla,float32+plain,float32+guard
+    python benchmarks/train_speed.py --variants=float32,mixed_bfloat16     # mixed_float16 on a GPU
+    python benchmarks/train_speed.py --backends=tensorflow,tensorflow+keptmem  # glibc keeps memory
 
-    python benchmarks/train_speed.py --data_path=../shared/data/mnist.npz
-    python benchmarks/train_speed.py --steps=500 --repeats=5         # longer, steadier
-    python benchmarks/train_speed.py --variants=float32,float32+plain,float32+guard,float32+xla
-    python benchmarks/train_speed.py --variants=float32,mixed_bfloat16   # or mixed_float16 on a GPU
+Each backend runs in a process of its own (Keras reads KERAS_BACKEND once, at import), one after
+the other, in alternating order from one repetition to the next. A process builds train.py's model
+and optimizer for every variant, traces them on a few batches, then trains each for one pass over
+--images images (60,000 by default: one whole MNIST epoch, fed as train.py feeds it), and reports
+the median step and the wall clock of the whole pass, which is what a user waits for. It then
+times the encoding and decoding of the test images (measures.reconstruct, as the evaluation does)
+and a large matrix product, the backend's peak.
+
+The TensorFlow process also times the baseline: the article's architecture written the way its
+readers would in Keras 3, one functional model, the KL term added with add_loss,
+compile(optimizer="rmsprop") with a summed binary cross-entropy and fit(x, x) on NumPy arrays.
+
+Variants: a precision (float32, mixed_bfloat16, mixed_float16), then +xla to compile the whole step
+(XLA on TensorFlow, torch.compile on PyTorch; JAX always compiles it), +plain for Keras's own
+optimizer update instead of the fused one (TensorFlow only, see optimization.py), +guard for
+train.py's per-batch NaN check. "+keptmem" after a backend runs its process with glibc told to keep
+freed memory (MALLOC_TRIM_THRESHOLD_ and friends): an A/B test of the allocator.
 """
 
 import argparse
+import json
 import os
 import resource
+import statistics
+import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import keras
-import numpy as np
-from keras import layers, ops
-
-from callbacks import DivergenceGuard
-from cvae import (
-    build_cvae,
-    forward_flops_per_image,
-    kl_to_standard_normal,
-    training_gflops_per_image,
-)
-from data import MNIST_IMAGE_SHAPE, load_mnist
-from measures import decode, encode
-from optimization import make_optimizer
-from timing import StepTimer
+HERE = os.path.abspath(__file__)
+MNIST_EPOCH = 60_000
+KEPT_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(2**25), "MALLOC_TRIM_THRESHOLD_": str(2**32),
+               "MALLOC_TOP_PAD_": str(2**30)}
 
 
 # ---- the baseline: plain Keras, as a reader of the article would write it today ---------------
-class BaselineSampling(layers.Layer):
-    def call(self, inputs):
-        z_mean, z_log_var = inputs
-        self.add_loss(ops.mean(kl_to_standard_normal(z_mean, z_log_var)))
-        return z_mean + ops.exp(0.5 * z_log_var) * keras.random.normal(ops.shape(z_mean))
-
-
-def summed_binary_crossentropy(x, x_decoded):
-    return ops.sum(keras.losses.binary_crossentropy(x, x_decoded), axis=(1, 2))
-
-
 def build_baseline(latent_dim=2):
+    import keras
+    from keras import layers, ops
+
+    from cvae import kl_to_standard_normal
+    from data import MNIST_IMAGE_SHAPE
+
+    class BaselineSampling(layers.Layer):
+        def call(self, inputs):
+            z_mean, z_log_var = inputs
+            self.add_loss(ops.mean(kl_to_standard_normal(z_mean, z_log_var)))
+            return z_mean + ops.exp(0.5 * z_log_var) * keras.random.normal(ops.shape(z_mean))
+
+    def summed_binary_crossentropy(x, x_decoded):
+        return ops.sum(keras.losses.binary_crossentropy(x, x_decoded), axis=(1, 2))
+
     height, width, channels = MNIST_IMAGE_SHAPE
     x = keras.Input(MNIST_IMAGE_SHAPE)
     h = layers.Conv2D(32, 3, padding="same", activation="relu")(x)
@@ -69,128 +76,187 @@ def build_baseline(latent_dim=2):
     return model
 
 
-# ---- timing -------------------------------------------------------------------------------------
-def make_project_model(precision, jit_compile, fused):
+# ---- one backend's process ----------------------------------------------------------------------
+def make_project_model(variant):
+    import keras
+
+    from cvae import build_cvae
+    from data import MNIST_IMAGE_SHAPE
+    from optimization import make_optimizer
+
+    precision, *extras = variant.split("+")
     keras.mixed_precision.set_dtype_policy(precision)
     model = build_cvae(2, MNIST_IMAGE_SHAPE, seed=0)
-    # "auto", as in train.py and the baseline: Keras compiles the whole step with XLA on a GPU and
-    # not on a CPU. +xla forces it on.
+    # "auto", as in train.py: Keras compiles the whole step with XLA on a GPU, not on a CPU.
     model.compile(optimizer=make_optimizer("rmsprop", 1e-4, total_steps=10**6, warmup_steps=0,
-                                           fused=fused),
-                  jit_compile=True if jit_compile else "auto")
+                                           fused="plain" not in extras),
+                  jit_compile=True if "xla" in extras else "auto")
     keras.mixed_precision.set_dtype_policy("float32")
     return model
 
 
-def time_fit(model, x, batch_size, name, step_times=None):
-    """Images/s over the whole fit, wall clock; the step times go to step_times."""
+def time_pass(name, model, x, batch_size):
+    """One fit() over x: (median step seconds, images/s by the wall clock of the whole pass)."""
+    from batches import in_memory_batches
+    from callbacks import DivergenceGuard
+    from timing import StepTimer
+
     timer = StepTimer()
+    callbacks = [timer] + ([DivergenceGuard()] if "guard" in name.split("+") else [])
     start = time.perf_counter()
     if name == "baseline":
-        model.fit(x, x, batch_size=batch_size, epochs=1, verbose=0, callbacks=[timer])
+        model.fit(x, x, batch_size=batch_size, verbose=0, callbacks=callbacks)
     else:
-        # "+guard": with train.py's per-batch divergence check, to measure what it costs.
-        callbacks = [timer] + ([DivergenceGuard()] if "guard" in name.split("+") else [])
-        model.fit(x, batch_size=batch_size, epochs=1, verbose=0, callbacks=callbacks)
-    if step_times is not None:
-        step_times.extend(timer.seconds)
-    return len(x) / (time.perf_counter() - start)
+        model.fit(in_memory_batches(x, batch_size, shuffle_seed=0), verbose=0,
+                  callbacks=callbacks)
+    return statistics.median(timer.seconds), len(x) / (time.perf_counter() - start)
 
 
-def matmul_peak_gflops(size=4096, repeats=5):
-    """The machine's float32 peak as TensorFlow reaches it: a large square matrix product."""
-    import tensorflow as tf
+def matmul_gflops(size=4096, repeats=5):
+    """The backend's float32 peak: the best of a few size x size matrix products."""
+    import keras
+    import numpy as np
 
-    a = tf.random.normal([size, size])
-    product = tf.function(lambda m: tf.matmul(m, m))
-    product(a).numpy()
+    a = keras.ops.convert_to_tensor(np.random.default_rng(0).standard_normal(
+        (size, size), dtype="float32"))
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        product = jax.jit(lambda m: m @ m)
+        wait = lambda result: result.block_until_ready()  # noqa: E731
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        product = tf.function(lambda m: tf.matmul(m, m))
+        wait = lambda result: result.numpy()  # noqa: E731
+    else:
+        import torch
+
+        product = lambda m: m @ m  # noqa: E731
+        wait = lambda result: torch.cuda.synchronize() if result.is_cuda else None  # noqa: E731
+    wait(product(a))
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        product(a).numpy()
+        wait(product(a))
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best / 1e9
+
+
+def child(args):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+    sys.path.insert(0, os.path.dirname(HERE))
+    import keras
+
+    import measures
+    from cvae import training_gflops_per_image
+    from data import load_mnist
+
+    (x_train, _), (x_test, _) = load_mnist(args.data_path)
+    x = x_train[:args.images]
+    keras.utils.set_random_seed(0)
+    models = {"baseline": build_baseline()} if keras.backend.backend() == "tensorflow" else {}
+    models.update({variant: make_project_model(variant) for variant in args.variants.split(",")})
+    for name, model in models.items():  # tracing and one-off allocations
+        time_pass(name, model, x_train[:5 * args.batch_size], args.batch_size)
+    result = {"variants": {}, "training_gflops_per_image": training_gflops_per_image(
+        models[args.variants.split(",")[0]])}
+    for name, model in models.items():
+        step, wall = time_pass(name, model, x, args.batch_size)
+        result["variants"][name] = {"step_seconds": step, "wall": wall}
+    model = models[args.variants.split(",")[0]]
+    measures.reconstruct(model, x_test[:500])  # tracing
+    start = time.perf_counter()
+    measures.reconstruct(model, x_test)
+    result["evaluation"] = len(x_test) / (time.perf_counter() - start)
+    result["matmul_gflops"] = matmul_gflops()
+    result["peak_memory_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    result["versions"] = {"keras": keras.__version__, "backend": backend_version()}
+    print(json.dumps(result))
+
+
+def backend_version():
+    import keras
+
+    module = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}[keras.backend.backend()]
+    return __import__(module).__version__
+
+
+# ---- the parent: alternate the backends, then the table -----------------------------------------
+def run_child(spec, args):
+    backend, _, setting = spec.partition("+")
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    if setting == "keptmem":
+        env.update(KEPT_MEMORY)
+    elif setting:
+        sys.exit(f"error: {spec!r}: the only setting a backend takes is +keptmem.")
+    command = [sys.executable, HERE, "--child", f"--data_path={args.data_path}",
+               f"--images={args.images}", f"--batch_size={args.batch_size}",
+               f"--variants={args.variants}"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        sys.exit(f"error: the {spec} process failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_path", default="../shared/data/mnist.npz")
-    parser.add_argument("--steps", type=int, default=60,
-                        help="training steps per repetition (the default run takes ~3 minutes "
-                             "on two CPU cores; use --steps=500 --repeats=5 for a steadier one)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--backends", default="tensorflow",
+                        help="comma-separated: tensorflow, jax, torch, each optionally +keptmem")
     parser.add_argument("--variants", default="float32",
-                        help="comma-separated project settings to time: a precision (float32, "
-                             "mixed_bfloat16, mixed_float16), then +xla to compile the whole step "
-                             "with XLA, +plain for Keras's unfused optimizer, +guard for "
-                             "train.py's per-batch NaN check. float32 alone is train.py's default")
+                        help="comma-separated project settings (see above); float32 alone is "
+                             "train.py's default")
+    parser.add_argument("--images", type=int, default=MNIST_EPOCH,
+                        help="images per timed pass (default: one MNIST epoch)")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        return child(args)
 
-    (x_train, _), (x_test, _) = load_mnist(args.data_path)
-    x = x_train[: args.steps * args.batch_size]
-    warmup = x_train[: 5 * args.batch_size]
-    keras.utils.set_random_seed(0)
-    print(f"TensorFlow {tf_version()}, Keras {keras.__version__}, {os.cpu_count()} CPU(s), "
-          f"accelerators: {accelerators() or 'none'}")
-
-    models = {"baseline": build_baseline()}
-    for variant in args.variants.split(","):
-        precision, *extras = variant.split("+")
-        models[variant] = make_project_model(precision, "xla" in extras, "plain" not in extras)
-    project = models[args.variants.split(",")[0]]
-    training_gflops = training_gflops_per_image(project)
-    print(f"FLOPs per image: forward {forward_flops_per_image(project) / 1e9:.3f} GFLOP, training "
-          f"step ~3x forward = {training_gflops:.3f} GFLOP (Conv2D, Conv2DTranspose and Dense "
-          f"layers)")
-    for name, model in models.items():  # warm-up: tracing and one-off allocations
-        time_fit(model, warmup, args.batch_size, name)
-
-    wall_rates = {name: [] for name in models}
-    step_times = {name: [] for name in models}
+    specs = args.backends.split(",")
+    runs = {spec: [] for spec in specs}
     for repeat in range(args.repeats):
-        for name, model in models.items():
-            wall_rates[name].append(time_fit(model, x, args.batch_size, name, step_times[name]))
-        print(f"repeat {repeat + 1} (wall clock): " + ", ".join(
-            f"{n} {r[-1]:.1f} img/s" for n, r in wall_rates.items()), flush=True)
-
-    peak = matmul_peak_gflops()
-    step_rate = {name: args.batch_size / np.median(times) for name, times in step_times.items()}
-    print(f"\nTraining, {args.repeats} alternating repetitions of {args.steps} steps of "
-          f"{args.batch_size} images. images/s from the median step time (robust to the host's "
-          f"pauses), then from the wall clock of whole repetitions (median):")
-    for name in models:
-        rate = step_rate[name]
-        achieved = rate * training_gflops
-        print(f"  {name:24s} {rate:6.1f} images/s ({rate / step_rate['baseline']:4.2f}x baseline, "
-              f"{achieved:5.1f} GFLOP/s = {achieved / peak:4.0%} of the matmul peak, "
-              f"{60000 / rate:4.0f} s per 60,000 images); wall clock "
-              f"{np.median(wall_rates[name]):6.1f} images/s")
-    print(f"Machine peak: a 4096x4096 float32 matmul runs at {peak:.0f} GFLOP/s")
-
-    model = models[args.variants.split(",")[0]]
-    start = time.perf_counter()
-    z_mean, _ = encode(model, x_test)
-    decode(model, z_mean.astype("float32"))
-    seconds = time.perf_counter() - start
-    rate = len(x_test) / seconds
-    print(f"Evaluation: encode + decode of {len(x_test)} test images in {seconds:.1f} s = "
-          f"{rate:.0f} images/s ({rate / step_rate['baseline']:.1f}x the baseline's training "
-          f"rate)")
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(f"Peak resident memory of this process: {peak_kib / 1024**2:.2f} GiB")
+        for spec in specs if repeat % 2 == 0 else specs[::-1]:
+            runs[spec].append(run_child(spec, args))
+            print(f"repeat {repeat + 1}, {spec}: " + ", ".join(
+                f"{name} {result['wall']:.1f} images/s by wall clock"
+                for name, result in runs[spec][-1]["variants"].items()), flush=True)
+    print_table(runs, args)
 
 
-def tf_version():
-    import tensorflow as tf
-
-    return tf.__version__
-
-
-def accelerators():
-    import tensorflow as tf
-
-    return ", ".join(d.name for d in tf.config.list_physical_devices() if d.device_type != "CPU")
+def print_table(runs, args):
+    first = next(iter(runs.values()))[0]
+    gflops = first["training_gflops_per_image"]
+    peak = max(run["matmul_gflops"] for spec_runs in runs.values() for run in spec_runs)
+    baseline = [run["variants"]["baseline"]["step_seconds"] for spec_runs in runs.values()
+                for run in spec_runs if "baseline" in run["variants"]]
+    baseline_rate = args.batch_size / statistics.median(baseline) if baseline else None
+    print(f"\n{args.repeats} passes of {args.images:,} images in batches of {args.batch_size} "
+          f"per backend, {os.cpu_count()} CPU(s). A training step is {gflops:.3f} GFLOP per "
+          f"image; the machine's matmul peak is {peak:.0f} GFLOP/s (the best backend's "
+          f"4096x4096 float32 product).")
+    print("images/s by median step, and by the wall clock of whole passes (median):")
+    header = (f"{'backend':>20} {'variant':>20} {'median step':>12} {'wall clock':>11} "
+              f"{'x baseline':>11} {'% of peak':>10} {'s / 60k':>8} {'evaluation':>11}")
+    print(header)
+    for spec, spec_runs in runs.items():
+        for name in spec_runs[0]["variants"]:
+            step = args.batch_size / statistics.median(
+                run["variants"][name]["step_seconds"] for run in spec_runs)
+            wall = statistics.median(run["variants"][name]["wall"] for run in spec_runs)
+            evaluation = statistics.median(run["evaluation"] for run in spec_runs)
+            ratio = f"{step / baseline_rate:11.2f}" if baseline_rate else f"{'':>11}"
+            print(f"{spec:>20} {name:>20} {step:12.1f} {wall:11.1f} {ratio} "
+                  f"{step * gflops / peak:10.0%} {MNIST_EPOCH / wall:8.0f} "
+                  f"{evaluation if name != 'baseline' else float('nan'):11.0f}")
+    for spec, spec_runs in runs.items():
+        run = spec_runs[0]
+        print(f"{spec}: {run['versions']}, matmul {run['matmul_gflops']:.0f} GFLOP/s, peak "
+              f"resident memory {max(r['peak_memory_gib'] for r in spec_runs):.2f} GiB")
 
 
 if __name__ == "__main__":
