@@ -66,18 +66,16 @@ def main():
     model = build_cvae(2, sources["in memory"].image_shape, seed=0)
     model.compile(optimizer=make_optimizer("rmsprop", 1e-4, total_steps=10**6, warmup_steps=0))
     n = args.steps * args.batch_size
-    inputs = {"in memory": sources["in memory"].x_train[:n],
-              "streamed": sources["streamed"].select_train(
-                  np.arange(sources["streamed"].num_train) < n).training_input(
-                      args.batch_size, seed=0)}
-    model.fit(inputs["in memory"][:4 * args.batch_size], batch_size=args.batch_size, verbose=0)
+    # Both as train.py feeds them: the same first n training images, shuffled by the same seed.
+    inputs = {name: source.select_train(np.arange(source.num_train) < n).training_input(
+        args.batch_size, seed=0) for name, source in sources.items()}
+    model.fit(inputs["in memory"], steps_per_epoch=4, shuffle=False, verbose=0)  # tracing
     steps, walls = {name: [] for name in inputs}, {name: [] for name in inputs}
     for repeat in range(args.repeats):
         for name, training_input in inputs.items():
             timer = StepTimer()
             start = time.perf_counter()
-            model.fit(training_input, epochs=1, verbose=0, callbacks=[timer],
-                      batch_size=args.batch_size if name == "in memory" else None)
+            model.fit(training_input, epochs=1, shuffle=False, verbose=0, callbacks=[timer])
             walls[name].append(n / (time.perf_counter() - start))
             steps[name].extend(timer.seconds)
         print(f"repeat {repeat + 1} (wall clock): " + ", ".join(
