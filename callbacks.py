@@ -6,6 +6,7 @@ already computed; everything else runs once per epoch.
 
 import csv
 import os
+import signal
 import time
 
 import keras
@@ -111,6 +112,50 @@ class DivergenceGuard(keras.callbacks.Callback):
             )
 
 
+class Preempted(KeyboardInterrupt):
+    """SIGTERM arrived: how cluster schedulers and preemptible machines stop a job, a little
+    before they kill it. A KeyboardInterrupt, so that it takes Ctrl-C's way out of train.py."""
+
+
+class PreemptionGuard(keras.callbacks.Callback):
+    """From its creation on, SIGTERM stops the run as Ctrl-C does, by raising Preempted; a second
+    SIGTERM kills the process at once, as a second Ctrl-C aborts.
+
+    During fit() the signal handler only takes note, and the end of the current batch raises
+    (so an epoch whose validation it interrupts is still backed up before the next batch):
+    an exception raised by the handler itself surfaces wherever the main thread happens to be,
+    and inside some library calls it is swallowed (JAX's copy of a loss to NumPy was measured
+    to swallow it, and training went on). Outside fit() the handler raises at once.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.received = False
+        self.training = False
+        signal.signal(signal.SIGTERM, self._take_note)
+
+    def _take_note(self, signal_number, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        self.received = True
+        if not self.training:
+            raise Preempted()
+
+    def _stop_if_received(self):
+        if self.received:
+            self.training = False
+            raise Preempted()
+
+    def on_train_begin(self, logs=None):
+        self.training = True
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._stop_if_received()
+
+    def on_train_end(self, logs=None):
+        self.training = False
+        self._stop_if_received()  # arrived after the last batch: stop before the evaluation
+
+
 class EpochTimer(keras.callbacks.Callback):
     """Adds `epoch_seconds` (training plus validation time) to each epoch's logs and history."""
 
@@ -186,6 +231,7 @@ def training_callbacks(out_dir, shown_x, shown_labels, config):
             TensorBoardSnapshots(path(run_files.SNAPSHOT_FOLDER),
                                  path(run_files.TENSORBOARD_FOLDER))]
     return [
+        PreemptionGuard(),
         DivergenceGuard(),
         EpochTimer(),
         EpochSnapshots(shown_x, shown_labels, config["latent_dim"], path(run_files.SNAPSHOT_FOLDER),

@@ -23,6 +23,8 @@ import math
 import keras
 from keras import layers, ops
 
+from distribution import replica_slice, replicas_in_sync
+
 ARCHITECTURES = ("article", "strided")
 KERNEL_SIZE = 3
 HIDDEN_UNITS = 128
@@ -92,8 +94,13 @@ class Sampling(layers.Layer):
 
     def call(self, inputs):
         z_mean, z_log_var = inputs
-        epsilon = keras.random.normal(ops.shape(z_mean), dtype=z_mean.dtype,
+        # Under tf.distribute each replica holds a share of the batch but the same seed state:
+        # drawing the whole batch's noise and keeping its own rows gives every image the noise
+        # it would have on one device, instead of the same noise on every replica.
+        offset, batch = replica_slice(ops.shape(z_mean)[0])
+        epsilon = keras.random.normal((batch, ops.shape(z_mean)[1]), dtype=z_mean.dtype,
                                       seed=self.seed_generator)
+        epsilon = ops.slice(epsilon, (offset, 0), ops.shape(z_mean))
         return z_mean + ops.exp(0.5 * z_log_var) * epsilon
 
     def get_config(self):
@@ -308,7 +315,10 @@ class CVAE(keras.Model):
         # holds also when the last batch is smaller.
         self.reconstruction_tracker.update_state(reconstruction)
         self.kl_tracker.update_state(kl)
-        return ops.mean(reconstruction) + ops.mean(kl)
+        # Under tf.distribute, Keras sums the replicas' gradients and reports the loss times the
+        # replica count, expecting each replica's share of the global mean (its built-in losses
+        # divide likewise); the trackers above need no such care, as they sum across replicas.
+        return (ops.mean(reconstruction) + ops.mean(kl)) / replicas_in_sync()
 
 
 def build_cvae(latent_dim, image_shape, architecture="article", seed=None, num_classes=None):

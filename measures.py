@@ -10,9 +10,10 @@ NumPy in float64.
 import math
 
 import numpy as np
-from keras import ops
+from keras import ops, tree
 
 from cvae import kl_to_standard_normal, pixel_nats, reconstruction_nats
+from distribution import replicated
 
 EVAL_BATCH_SIZE = 500
 LOG_2PI = math.log(2.0 * math.pi)
@@ -26,13 +27,22 @@ def _with_labels(inputs, labels, start, stop):
     return inputs[start:stop] if labels is None else [inputs[start:stop], labels[start:stop]]
 
 
+def _predict(model, part, inputs):
+    """part (model's encoder or decoder) on one batch, as NumPy. A model trained data-parallel
+    is called directly, on one device: its engine's predict_on_batch would split the batch
+    across the devices, which fails unless it divides evenly (see distribution.py)."""
+    if replicated(model):
+        return tree.map_structure(ops.convert_to_numpy, part(inputs, training=False))
+    return part.predict_on_batch(inputs)
+
+
 def encode(model, x, batch_size=EVAL_BATCH_SIZE, labels=None):
     """z_mean and z_log_var of every image, as NumPy arrays (N, latent_dim). labels: the class
     of every image, for a conditional model (the same for every function here)."""
     means, log_vars = [], []
     for start in range(0, len(x), batch_size):
-        z_mean, z_log_var = model.encoder.predict_on_batch(
-            _with_labels(x, labels, start, start + batch_size))
+        z_mean, z_log_var = _predict(model, model.encoder,
+                                     _with_labels(x, labels, start, start + batch_size))
         means.append(z_mean)
         log_vars.append(z_log_var)
     return np.concatenate(means), np.concatenate(log_vars)
@@ -41,7 +51,7 @@ def encode(model, x, batch_size=EVAL_BATCH_SIZE, labels=None):
 def decode(model, z, batch_size=EVAL_BATCH_SIZE, labels=None):
     """Bernoulli means of the images decoded from z (N, latent_dim), as a NumPy array."""
     return np.concatenate([
-        model.decoder.predict_on_batch(_with_labels(z, labels, start, start + batch_size))
+        _predict(model, model.decoder, _with_labels(z, labels, start, start + batch_size))
         for start in range(0, len(z), batch_size)])
 
 

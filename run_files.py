@@ -285,7 +285,9 @@ def prepare_out_dir(out_dir, config):
             raise ConfigError(f"{path(CONFIG_FILE)!r} is not a run configuration, so the run in "
                               f"{out_dir!r} cannot be checked. Choose another --out_dir, or pass "
                               f"--overwrite=True to replace it.") from None
-        changed = sorted(key for key in config if key not in ("overwrite", "out_dir")
+        # The devices may change between attempts: the numbers do not depend on them.
+        changed = sorted(key for key in config if key not in (
+            "overwrite", "out_dir", "distribute", "virtual_devices")
                          and old.get(key) != config[key])
         if changed:
             raise ConfigError(

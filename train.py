@@ -37,6 +37,9 @@ lr_schedule = "cosine"  # cosine: decay to 1% of the peak by the last step | con
 epochs = 10  # passes over the training images
 batch_size = 64  # images per step
 seed = 0  # seeds weights, shuffling, the test split, sampling and the images in the figures
+# devices
+distribute = None  # None: one device | data_parallel: split each batch over every local device
+virtual_devices = None  # split the CPU into N devices, to try data_parallel without accelerators
 # output
 out_dir = "outputs"  # everything the run writes goes here
 tensorboard = False  # True: log the loss terms, learning rate and snapshots in out_dir/tensorboard
@@ -47,7 +50,8 @@ HYPERPARAMETERS = {name: value for name, value in globals().items()
                    and name != "_names_before_hyperparameters"}
 # The type a value must have where the default is None.
 TYPES_OF_NONE_DEFAULTS = {"data_path": str, "image_size": int, "channels": int, "stream": bool,
-                          "train_subset": int, "holdout_class": str}
+                          "train_subset": int, "holdout_class": str, "distribute": str,
+                          "virtual_devices": int}
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 
@@ -55,6 +59,7 @@ def read_config(argv):
     """The hyperparameters above with the command line's overrides, checked for range."""
     from configurator import parse_overrides, require
     from data import KERAS_DATASETS
+    from distribution import DISTRIBUTIONS
     from optimization import LR_SCHEDULES, OPTIMIZERS  # plain lists; no Keras loaded yet
 
     config = parse_overrides(HYPERPARAMETERS, argv, TYPES_OF_NONE_DEFAULTS)
@@ -91,6 +96,11 @@ def read_config(argv):
     require(config["lr_schedule"] in LR_SCHEDULES,
             f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, not "
             f"{config['lr_schedule']!r}.")
+    require(config["distribute"] in DISTRIBUTIONS,
+            f"distribute must be None (one device) or data_parallel, not "
+            f"{config['distribute']!r}.")
+    require(config["virtual_devices"] is None or config["virtual_devices"] >= 1,
+            f"virtual_devices must be None or at least 1, not {config['virtual_devices']}.")
     return config
 
 
@@ -102,6 +112,7 @@ def main(argv):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
     import keras
 
+    import distribution
     import run_files
     from callbacks import TrainingDiverged, training_callbacks
     from cvae import training_gflops_per_image
@@ -109,6 +120,8 @@ def main(argv):
     from optimization import make_optimizer
     from report import evaluate_run, scaled_to_run
 
+    devices, distributed = distribution.start(config["distribute"], config["virtual_devices"])
+    check_batches_split(devices, config)
     out_dir = config["out_dir"]
     path = lambda name: os.path.join(out_dir, name)  # noqa: E731
     if not run_files.prepare_out_dir(out_dir, config):
@@ -125,46 +138,57 @@ def main(argv):
     # model and optimizer
     keras.mixed_precision.set_dtype_policy(config["precision"])
     keras.utils.set_random_seed(config["seed"])
-    model = run_files.build_model(config, seed=config["seed"])
-    model.encoder.summary()
-    model.decoder.summary()
-    print(f"CVAE ({config['architecture']}): {model.count_params():,} parameters, "
-          f"{training_gflops_per_image(model):.3f} GFLOP per training image.")
-    steps_per_epoch = -(-data.num_train // config["batch_size"])
-    model.compile(optimizer=make_optimizer(
-        config["optimizer"], config["learning_rate"],
-        total_steps=config["epochs"] * steps_per_epoch, warmup_steps=config["warmup_steps"],
-        schedule=config["lr_schedule"]))
+    with distributed():  # a replicated model is built and compiled inside its engine
+        model = run_files.build_model(config, seed=config["seed"])
+        model.encoder.summary()
+        model.decoder.summary()
+        print(f"CVAE ({config['architecture']}): {model.count_params():,} parameters, "
+              f"{training_gflops_per_image(model):.3f} GFLOP per training image.")
+        images_per_epoch = distribution.images_per_epoch(data.num_train, config["batch_size"],
+                                                         devices)
+        steps_per_epoch = -(-images_per_epoch // config["batch_size"])
+        # The XLA-compiled update cannot run inside tf.distribute's replicas (it would have to
+        # sum their gradients inside a nested compiled function, which TensorFlow refuses).
+        model.compile(optimizer=make_optimizer(
+            config["optimizer"], config["learning_rate"],
+            total_steps=config["epochs"] * steps_per_epoch, warmup_steps=config["warmup_steps"],
+            schedule=config["lr_schedule"], fused=config["distribute"] is None))
     run_files.write_json(path(run_files.CONFIG_FILE), {**config, "versions": versions()})
 
     # train; the test set is only monitored (val_* columns), never used to choose anything
     conditional = config["conditional"]
     shown_x, _, shown_labels = data.shown_images(config["seed"])
-    training_input = data.training_input(config["batch_size"], config["seed"], conditional)
+    training_input = distribution.even_batches(
+        data.training_input(config["batch_size"], config["seed"], conditional), devices,
+        data.num_train, config["batch_size"])
     evaluation_settings, monitored, note = scaled_to_run(data.num_train, config["epochs"],
                                                          len(data.x_test))
     if note:
         print(note.replace("OUT_DIR", out_dir))
+    monitored = split_evenly_note(devices, data.num_train, images_per_epoch, monitored, config)
     try:
-        model.fit(training_input, epochs=config["epochs"],
-                  validation_data=(data.test_input(monitored, conditional),),
-                  batch_size=config["batch_size"] if data.x_train is not None else None,
-                  callbacks=training_callbacks(out_dir, shown_x, shown_labels, config),
-                  verbose="auto" if sys.stdout.isatty() else 2)
-    except KeyboardInterrupt:
-        return stop_on_interrupt(model, config, shown_x, shown_labels)
+        with distributed():
+            # shuffle=False: the batches come shuffled per epoch by seed (data.training_input).
+            model.fit(training_input, epochs=config["epochs"], shuffle=False,
+                      validation_data=data.test_input(monitored, config["batch_size"],
+                                                      conditional),
+                      callbacks=training_callbacks(out_dir, shown_x, shown_labels, config),
+                      verbose="auto" if sys.stdout.isatty() else 2)
+    except KeyboardInterrupt as interruption:  # Ctrl-C, or SIGTERM (callbacks.PreemptionGuard)
+        return stop_on_interrupt(model, config, shown_x, shown_labels, interruption)
     except TrainingDiverged as error:
         return stop_on_divergence(error, out_dir)
-    run_files.save_trained_model(model, config, out_dir)
 
-    # evaluate on the test set, then the figures
+    # save, then evaluate on the test set and draw the figures, on one device, every test image
     try:
+        run_files.save_trained_model(model, config, out_dir)
+        model = distribution.on_one_device(model, lambda: run_files.build_model(config))
         evaluate_run(model, config, data, out_dir, evaluation_settings)
-    except KeyboardInterrupt:
-        print(f"\nInterrupted during the evaluation. Training is complete and saved; run the "
-              f"same command again to evaluate, or `python evaluate.py {out_dir}`.",
-              file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interruption:
+        print(f"\n{stopped_by(interruption)} during the evaluation. Training is complete, and "
+              f"its last epoch is backed up; run the same command again to evaluate, or "
+              f"`python evaluate.py {out_dir}`.", file=sys.stderr)
+        return exit_code(interruption)
     run_files.finish_run(out_dir)
     print(f"Saved the run in {out_dir}/: {run_files.RECONSTRUCTIONS_FILE}, metrics.json, figures.")
     return 0
@@ -212,8 +236,55 @@ def training_images(data, config):
     return data
 
 
-def stop_on_interrupt(model, config, shown_x, shown_labels):
-    """Ctrl-C during training: save the weights and a reconstruction figure, say how to resume."""
+def check_batches_split(devices, config):
+    """Every batch must split evenly across the devices (see distribution.py)."""
+    from configurator import require
+
+    require(config["batch_size"] % devices == 0,
+            f"batch_size={config['batch_size']} does not split evenly across the {devices} "
+            f"devices of distribute=data_parallel: make it a multiple of {devices} (it is the "
+            f"global batch, shared by all devices).")
+
+
+def split_evenly_note(devices, num_train, images_per_epoch, monitored, config):
+    """The number of test images the per-epoch test loss can use on devices devices (a multiple
+    of their count); says what the even split changes, when it changes anything."""
+    from configurator import require
+
+    if devices == 1:
+        return monitored
+    print(f"Data-parallel on {devices} devices: each batch of {config['batch_size']} images is "
+          f"split into {devices} equal shares.")
+    if images_per_epoch < num_train:
+        print(f"The last batch of each epoch is cut to a multiple of {devices}: each epoch "
+              f"trains on {images_per_epoch} of the {num_train} images, and the "
+              f"{num_train - images_per_epoch} left out change from epoch to epoch.")
+    require(monitored >= devices, f"The test split has {monitored} image(s), fewer than the "
+                                  f"{devices} devices; use fewer devices or more test images.")
+    if monitored % devices:
+        print(f"The per-epoch test loss (val_*) is measured on the first "
+              f"{monitored - monitored % devices} test images, a multiple of {devices}; the "
+              f"final evaluation uses every test image.")
+    return monitored - monitored % devices
+
+
+def stopped_by(interruption):
+    from callbacks import Preempted
+
+    return ("Stopped by SIGTERM (how a scheduler or a preemptible machine ends a job)"
+            if isinstance(interruption, Preempted) else "Interrupted")
+
+
+def exit_code(interruption):
+    """130 for Ctrl-C and 143 for SIGTERM, the codes a shell gives a process killed by each."""
+    from callbacks import Preempted
+
+    return 143 if isinstance(interruption, Preempted) else 130
+
+
+def stop_on_interrupt(model, config, shown_x, shown_labels, interruption):
+    """Ctrl-C or SIGTERM during training: save the weights and a reconstruction figure, say how
+    to resume."""
     import run_files
     from measures import reconstruct
     from plotting import plot_reconstructions
@@ -227,11 +298,12 @@ def stop_on_interrupt(model, config, shown_x, shown_labels):
     done = len(run_files.read_history(path(run_files.HISTORY_FILE)))
     again = ("the same command without --overwrite=True" if config["overwrite"]
              else "the same command")
-    print(f"\nInterrupted. The current weights are in {path(run_files.WEIGHTS_FILE)} and the "
-          f"reconstructions in {path(run_files.RECONSTRUCTIONS_FILE)}. {done} of "
-          f"{config['epochs']} epochs were completed; run {again} again to resume from "
-          f"there (the partial epoch is repeated).", file=sys.stderr)
-    return 130
+    print(f"\n{stopped_by(interruption)}. The current weights are in "
+          f"{path(run_files.WEIGHTS_FILE)} and the reconstructions in "
+          f"{path(run_files.RECONSTRUCTIONS_FILE)}. {done} of {config['epochs']} epochs were "
+          f"completed; run {again} again to resume from there (the partial epoch is "
+          f"repeated).", file=sys.stderr)
+    return exit_code(interruption)
 
 
 def stop_on_divergence(error, out_dir):

@@ -1,0 +1,199 @@
+"""Data-parallel training on Keras's own engines: the one place that knows how each backend
+spreads a batch over devices.
+
+train.py's `distribute="data_parallel"` replicates the model on every local device (GPUs, TPU
+cores, or virtual CPU devices) and splits each global batch of batch_size images evenly across
+them: keras.distribution.DataParallel on JAX, tf.distribute.MirroredStrategy on TensorFlow. With
+several hosts, the same command runs on each: TF_CONFIG makes it a MultiWorkerMirroredStrategy,
+and the KERAS_DISTRIBUTION_* variables make JAX join its coordinator (README, "Training on
+several devices"). Keras 3.15 has no data-parallel engine for PyTorch.
+
+What the engines need from the rest of the project, and why:
+- every batch splits evenly: JAX refuses anything else (IndivisibleError), and TensorFlow gives
+  a device an empty share when a batch has fewer images than devices, which its CPU
+  convolutions reject. batch_size must be a multiple of the device count; the last, partial
+  training batch of an epoch is cut to a multiple of it (even_batches), and the per-epoch test
+  loss is measured on a multiple of it (train.py). The final evaluation runs on one device and
+  uses every test image (on_one_device).
+- the loss: on TensorFlow each replica computes its own share's mean, and Keras sums the
+  replicas' gradients and multiplies the reported loss by their count; CVAE.compute_loss
+  divides by replicas_in_sync() so that both are those of the global mean.
+- the sampling noise: each TensorFlow replica draws the noise of the whole global batch from
+  the same seed state and keeps its own slice (replica_slice), so the replicas' noise is
+  independent and the same as one device's.
+- predicting: a TensorFlow model built under a strategy returns every row once per replica from
+  predict_on_batch, and JAX splits a prediction batch like a training batch; measures.py calls
+  a replicated model directly instead (replicated).
+"""
+
+import contextlib
+import math
+import os
+
+DISTRIBUTIONS = (None, "data_parallel")
+# The variables with which JAX joins a multi-host job; keras.distribution.initialize reads them.
+JAX_CLUSTER_VARIABLES = ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES",
+                         "KERAS_DISTRIBUTION_PROCESS_ID")
+
+
+def start(distribute, virtual_devices=None):
+    """(device count, a function that returns the scope in which to build, compile and train
+    the model; a fresh one for each `with`, as JAX's can be entered only once). Call it once,
+    after Keras is imported and before anything runs on a device: the device count is fixed
+    when the backend starts.
+
+    virtual_devices: split the host's CPU into that many devices, so that data-parallel code
+    can be tried and tested on a machine without accelerators.
+    """
+    import keras
+
+    from configurator import require
+
+    if distribute is None:
+        require(virtual_devices is None, "virtual_devices is for distribute=data_parallel; "
+                                         "without it the run uses one device.")
+        return 1, contextlib.nullcontext
+    backend = keras.backend.backend()
+    require(backend in ("tensorflow", "jax"),
+            f"distribute=data_parallel is not supported on the {backend} backend: Keras "
+            f"{keras.__version__} has data-parallel training for JAX (keras.distribution) and "
+            f"TensorFlow (tf.distribute) only. Run with KERAS_BACKEND=jax or tensorflow, or "
+            f"without --distribute.")
+    if backend == "jax":
+        return _start_jax(virtual_devices)
+    return _start_tensorflow(virtual_devices)
+
+
+def _start_jax(virtual_devices):
+    import keras
+
+    if virtual_devices is not None:
+        # Read when JAX starts its CPU backend, which Keras's import has not done yet.
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   f" --xla_force_host_platform_device_count={virtual_devices}")
+    if any(name in os.environ for name in JAX_CLUSTER_VARIABLES):
+        keras.distribution.initialize()  # joins the other hosts; then list_devices() sees all
+    # Without a device type, the accelerators if there are any, else the CPU's devices.
+    devices = keras.distribution.list_devices("cpu" if virtual_devices else None)
+    engine = keras.distribution.DataParallel(devices=devices)
+    return len(devices), engine.scope
+
+
+def _start_tensorflow(virtual_devices):
+    import tensorflow as tf
+
+    if virtual_devices is not None:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * virtual_devices)
+    if "TF_CONFIG" in os.environ:
+        # Each worker runs the same command; TF_CONFIG says who the others are.
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    else:
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = gpus if virtual_devices is None and gpus else tf.config.list_logical_devices(
+            "CPU")
+        strategy = tf.distribute.MirroredStrategy([device.name for device in devices])
+    return strategy.num_replicas_in_sync, strategy.scope
+
+
+def replicas_in_sync():
+    """How many TensorFlow replicas each compute one share of the batch right now (1 outside a
+    tf.distribute strategy, and always 1 on JAX, whose training step sees the whole batch)."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return 1
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def replica_slice(local_batch):
+    """(offset, global batch) of this replica's share of the batch, assuming the even split
+    that even_batches guarantees; (0, local_batch) wherever the step sees the whole batch."""
+    replicas = replicas_in_sync()
+    if replicas == 1:
+        return 0, local_batch
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    if context is None:  # the whole batch, as when Keras builds the model on a sample of it
+        return 0, local_batch
+    return context.replica_id_in_sync_group * local_batch, replicas * local_batch
+
+
+def replicated(model):
+    """True when the model's predictions would go through a data-parallel engine."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        return keras.distribution.distribution() is not None
+    if keras.backend.backend() == "tensorflow":
+        return model.distribute_strategy.num_replicas_in_sync > 1
+    return False
+
+
+def on_one_device(model, build):
+    """model itself when it is not replicated, else a copy of it built by build() outside any
+    engine, holding its current weights: for the evaluation, which then sees every image."""
+    if not replicated(model):
+        return model
+    copy = build()
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def images_per_epoch(num_images, batch_size, devices):
+    """How many images an epoch trains on once the last batch is cut to a multiple of devices:
+    at most devices - 1 fewer, different ones every epoch, because the order is reshuffled."""
+    return num_images - (num_images % batch_size) % devices
+
+
+def even_batches(batches, devices, num_images, batch_size):
+    """The batches of an epoch of num_images images (a tf.data.Dataset or a
+    keras.utils.PyDataset, in batches of batch_size, a multiple of devices) with the last one
+    cut to a multiple of devices images, and dropped if that leaves it empty."""
+    if devices == 1 or num_images % batch_size % devices == 0:
+        return batches
+    import keras
+
+    length = math.ceil(images_per_epoch(num_images, batch_size, devices) / batch_size)
+    if isinstance(batches, keras.utils.PyDataset):
+        return _even_py_dataset(batches, devices, length)
+    import tensorflow as tf
+
+    def cut(batch):
+        keep = tf.shape(tf.nest.flatten(batch)[0])[0] // devices * devices
+        return tf.nest.map_structure(lambda array: array[:keep], batch)
+
+    # The length is stated again, because a filter makes it unknown to fit()'s progress bar.
+    return batches.map(cut).filter(lambda batch: tf.shape(tf.nest.flatten(batch)[0])[0] > 0
+                                   ).apply(tf.data.experimental.assert_cardinality(length))
+
+
+def _even_py_dataset(inner, devices, length):
+    import keras
+
+    class EvenBatches(keras.utils.PyDataset):
+        """inner's first length batches, each cut to a multiple of devices images."""
+
+        def __init__(self):
+            super().__init__(workers=inner.workers, use_multiprocessing=inner.use_multiprocessing,
+                             max_queue_size=inner.max_queue_size)
+
+        def __len__(self):
+            return length
+
+        def __getitem__(self, index):
+            batch = inner[index]
+            size = len(batch["image"] if isinstance(batch, dict) else batch)
+            keep = size // devices * devices
+            if isinstance(batch, dict):
+                return {name: array[:keep] for name, array in batch.items()}
+            return batch[:keep]
+
+        def on_epoch_end(self):
+            inner.on_epoch_end()
+
+    return EvenBatches()
