@@ -95,6 +95,47 @@ def test_kill_9_then_ctrl_c_then_resume_ends_with_every_epoch(tmp_path):
     assert (out_dir / "cvae.weights.h5").stat().st_mtime_ns == before
 
 
+def test_sigterm_stops_like_ctrl_c_with_its_own_exit_code_and_the_run_resumes(tmp_path):
+    data_path = tmp_path / "mnist.npz"
+    np.savez(data_path, **fake_mnist_arrays(n_train=480, n_test=60))
+    out_dir = tmp_path / "run"
+    arguments = [f"--data_path={data_path}", f"--out_dir={out_dir}", "--epochs=3",
+                 "--batch_size=32", "--warmup_steps=5"]
+
+    # 1. a scheduler preempts the run during its second epoch
+    process = start_train(arguments)
+    wait_for_epochs(process, out_dir, 1)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 143, stderr[-2000:]
+    done = len(read_epochs(out_dir))
+    assert 1 <= done < 3 and f"{done} of 3 epochs were completed" in stderr
+    assert "Stopped by SIGTERM" in stderr and "run the same command again to resume" in stderr
+    assert "Traceback" not in stderr and not (out_dir / "metrics.json").exists()
+    assert (out_dir / "cvae.weights.h5").exists() and (out_dir / "reconstructions.png").exists()
+
+    # 2. the same command resumes after epoch 1; SIGTERM during its evaluation stops that
+    (out_dir / "cvae.weights.h5").unlink()  # resuming reads the backup; this marks the save
+    process = start_train(arguments)
+    deadline = time.time() + 300
+    # The final weights are written just before the evaluation starts.
+    while not (out_dir / "cvae.weights.h5").exists():
+        assert process.poll() is None and time.time() < deadline, process.communicate()
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=300)
+    assert f"{done} epoch(s) already done" in stdout
+    assert process.returncode == 143, stderr[-2000:]
+    assert "Stopped by SIGTERM (how a scheduler" in stderr and "during the evaluation" in stderr
+    assert "Traceback" not in stderr and not (out_dir / "metrics.json").exists()
+
+    # 3. and once more, the evaluation
+    result = run_script("train.py", *arguments)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "3 epoch(s) already done" in result.stdout and "Epoch 3/3" not in result.stdout
+    assert read_epochs(out_dir) == [0, 1, 2] and (out_dir / "metrics.json").exists()
+
+
 def test_a_run_of_other_hyperparameters_is_not_overwritten(finished_run):
     out_dir, data_path, _ = finished_run
     before = (out_dir / "cvae.weights.h5").stat().st_mtime_ns

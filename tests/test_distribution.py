@@ -1,0 +1,196 @@
+"""distribute=data_parallel on two virtual CPU devices: the same numbers as one device, the loss
+still reconstruction + KL, a preempted run resumes, and PyTorch is refused in one paragraph.
+
+The device count is fixed when a backend starts, so everything that needs two devices runs in a
+fresh process (train.py, or the script below). JAX's CPU convolutions are slow: the runs here use
+the strided architecture and a few dozen images.
+"""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, fake_mnist_arrays, run_script
+from test_resilience import backed_up_epochs, start_train
+
+BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
+needs_data_parallel = pytest.mark.skipif(
+    BACKEND == "torch", reason="Keras 3.15 has no data-parallel engine for PyTorch; "
+                               "test_torch_is_refused checks that train.py says so")
+
+# One device and two, from the same initial weights and on the same fixed batches, one fit()
+# per batch; prints, as JSON, the largest differences and the largest |loss - (rec + kl)|.
+EQUALITY_SCRIPT = """
+import json, sys
+import keras, numpy as np
+sys.path.insert(0, ROOT)
+import distribution
+devices, distributed = distribution.start("data_parallel", virtual_devices=2)
+from batches import in_memory_batches
+from cvae import build_cvae
+from optimization import make_optimizer
+
+x = (np.load(MNIST)["x_train"][:STEPS * 32, :, :, None] / 255).astype("float32")
+
+def build(fused):
+    model = build_cvae(2, (28, 28, 1), "strided", seed=0)
+    model.compile(optimizer=make_optimizer("rmsprop", 1e-3, total_steps=STEPS, warmup_steps=2,
+                                           fused=fused))
+    return model
+
+one = build(fused=True)  # as train.py builds it for one device
+with distributed():
+    two = build(fused=False)
+two.set_weights(one.get_weights())
+losses, gaps = [], []
+for step in range(STEPS):
+    batch = in_memory_batches(x[step * 32:(step + 1) * 32], 32)
+    first = one.fit(batch, verbose=0).history
+    with distributed():
+        second = two.fit(batch, verbose=0).history
+    losses.append((first["loss"][0], second["loss"][0]))
+    gaps.append(abs(second["loss"][0] - second["reconstruction_loss"][0] - second["kl_loss"][0]))
+print(json.dumps({
+    "devices": devices, "losses": losses, "gap": max(gaps),
+    "loss": max(abs(a - b) for a, b in losses),
+    "weights": max(float(np.abs(a - b).max()) for a, b in zip(one.get_weights(),
+                                                               two.get_weights()))}))
+"""
+
+
+def train_arguments(data_path, out_dir, *extra):
+    return [f"--data_path={data_path}", f"--out_dir={out_dir}", "--architecture=strided",
+            "--batch_size=16", "--warmup_steps=2", *extra]
+
+
+def read_history(out_dir):
+    with open(out_dir / "history.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_bad_distribute_values_are_refused_in_one_paragraph():
+    import train
+    from configurator import ConfigError
+
+    with pytest.raises(ConfigError, match="distribute must be None .* or data_parallel"):
+        train.read_config(["--distribute=model_parallel"])
+    with pytest.raises(ConfigError, match="virtual_devices must be None or at least 1"):
+        train.read_config(["--distribute=data_parallel", "--virtual_devices=0"])
+
+
+@pytest.mark.backend
+def test_the_last_batch_is_cut_to_a_multiple_of_the_devices():
+    import distribution
+    from batches import in_memory_batches
+
+    images = np.arange(37, dtype="float32")[:, None]
+    assert distribution.images_per_epoch(37, 8, 2) == 36  # batches of 8, 8, 8, 8, 4
+    assert distribution.images_per_epoch(37, 8, 4) == 36
+    assert distribution.images_per_epoch(33, 8, 2) == 32  # the last image alone is dropped
+    even = distribution.even_batches(in_memory_batches(images, 8, shuffle_seed=0), 2, 37, 8)
+    # A tf.data.Dataset on TensorFlow, a keras.utils.PyDataset on the other backends.
+    batches = even if BACKEND == "tensorflow" else (even[i] for i in range(len(even)))
+    seen = [np.asarray(batch).ravel() for batch in batches]
+    assert [len(batch) for batch in seen] == [8, 8, 8, 8, 4]
+    assert len(set(np.concatenate(seen).tolist())) == 36  # shuffled, none twice
+
+
+@pytest.mark.backend
+@pytest.mark.slow
+@needs_data_parallel
+def test_two_devices_give_the_losses_and_weights_of_one(real_mnist_path):
+    steps = 3
+    code = (EQUALITY_SCRIPT.replace("ROOT", repr(ROOT)).replace("MNIST", repr(real_mnist_path))
+            .replace("STEPS", str(steps)))
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    print(measured)  # the differences, for the record (pytest -s)
+    assert measured["devices"] == 2
+    # A loss near 540 nats per image: float32 sums in another order differ in the 7th digit. A
+    # loss not divided by the replicas would be twice as large; noise not split by replica
+    # would change the reconstruction term by tenths of a nat.
+    assert measured["loss"] < 1e-3
+    assert measured["gap"] < 1e-3
+    # RMSprop's first steps are about lr * sign(gradient): a wrong gradient moves weights by
+    # about 1e-3; rounding alone leaves them within 1e-5.
+    assert measured["weights"] < 1e-5
+    first_losses = [pair[0] for pair in measured["losses"]]
+    assert first_losses[-1] < first_losses[0]  # it trained
+
+
+@pytest.mark.backend
+@pytest.mark.slow
+@needs_data_parallel
+def test_a_preempted_data_parallel_run_resumes_and_evaluates_on_one_device(tmp_path):
+    data_path = tmp_path / "mnist.npz"
+    np.savez(data_path, **fake_mnist_arrays(n_train=67, n_test=21))
+    out_dir = tmp_path / "run"
+    # Batches of 16, 16, 16, 16 and 3, cut to 2; of the 21 test images, 20 are monitored.
+    arguments = train_arguments(data_path, out_dir, "--epochs=3", "--distribute=data_parallel",
+                                "--virtual_devices=2")
+
+    process = start_train(arguments)
+    deadline = time.time() + 300
+    while backed_up_epochs(out_dir) < 1:  # then stopped at once, in the second epoch
+        assert process.poll() is None and time.time() < deadline, process.communicate()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 143, stderr[-3000:]
+    assert "Data-parallel on 2 devices" in stdout
+    assert "each epoch trains on 66 of the 67 images" in stdout
+    assert "measured on the first 20 test images" in stdout
+    assert "Stopped by SIGTERM" in stderr and "run the same command again to resume" in stderr
+    assert "Traceback" not in stderr
+    assert (out_dir / "cvae.weights.h5").exists() and (out_dir / "reconstructions.png").exists()
+
+    result = run_script("train.py", *arguments)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "epoch(s) already done" in result.stdout
+    history = read_history(out_dir)
+    assert [int(row["epoch"]) for row in history] == [0, 1, 2]
+    for row in history:
+        for prefix in ("", "val_"):
+            total = float(row[f"{prefix}reconstruction_loss"]) + float(row[f"{prefix}kl_loss"])
+            assert float(row[f"{prefix}loss"]) == pytest.approx(total, rel=1e-6)
+    # Replicated, the loss would be reported twice over: about 2 * 784 * ln 2 nats.
+    assert float(history[0]["loss"]) < 784 * np.log(2) * 1.2
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert metrics["test_negative_elbo"] == pytest.approx(
+        metrics["test_reconstruction"] + metrics["test_kl"], rel=1e-6)
+    scores = np.load(out_dir / "test_scores.npy")
+    assert scores.shape == (21,)  # every test image, although 21 does not split in two
+
+    # The commands that use a run work on one device.
+    result = run_script("evaluate.py", str(out_dir), "--iwae_images=5", "--iwae_samples=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.slow
+@needs_data_parallel
+def test_a_batch_that_does_not_split_is_refused(tmp_path, fake_mnist_path):
+    result = run_script("train.py", *train_arguments(
+        fake_mnist_path, tmp_path / "run", "--batch_size=15", "--distribute=data_parallel",
+        "--virtual_devices=2"))
+    assert result.returncode == 2
+    assert "batch_size=15 does not split evenly across the 2 devices" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
+
+
+@pytest.mark.backend
+@pytest.mark.skipif(BACKEND != "torch", reason="the refusal is for PyTorch only")
+def test_torch_is_refused(tmp_path, fake_mnist_path):
+    result = run_script("train.py", *train_arguments(
+        fake_mnist_path, tmp_path / "run", "--distribute=data_parallel"))
+    assert result.returncode == 2
+    assert "not supported on the torch backend" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
