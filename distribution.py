@@ -4,9 +4,10 @@ spreads a batch over devices.
 train.py's `distribute="data_parallel"` replicates the model on every local device (GPUs, TPU
 cores, or virtual CPU devices) and splits each global batch of batch_size images evenly across
 them: keras.distribution.DataParallel on JAX, tf.distribute.MirroredStrategy on TensorFlow. With
-several hosts, the same command runs on each: TF_CONFIG makes it a MultiWorkerMirroredStrategy,
-and the KERAS_DISTRIBUTION_* variables make JAX join its coordinator (README, "Training on
-several devices"). Keras 3.15 has no data-parallel engine for PyTorch.
+several hosts on JAX, the same command runs on each, and the KERAS_DISTRIBUTION_* variables make
+it join its coordinator (README, "Training on several devices"); TensorFlow's multi-worker
+strategy is refused (_start_tensorflow says why). Keras 3.15 has no data-parallel engine for
+PyTorch.
 
 What the engines need from the rest of the project, and why:
 - every batch splits evenly: JAX refuses anything else (IndivisibleError), and TensorFlow gives
@@ -71,11 +72,14 @@ def _start_jax(virtual_devices):
         # Read when JAX starts its CPU backend, which Keras's import has not done yet.
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                    f" --xla_force_host_platform_device_count={virtual_devices}")
-    if any(name in os.environ for name in JAX_CLUSTER_VARIABLES):
+    several_hosts = any(name in os.environ for name in JAX_CLUSTER_VARIABLES)
+    if several_hosts:
         keras.distribution.initialize()  # joins the other hosts; then list_devices() sees all
     # Without a device type, the accelerators if there are any, else the CPU's devices.
     devices = keras.distribution.list_devices("cpu" if virtual_devices else None)
-    engine = keras.distribution.DataParallel(devices=devices)
+    # Keras shards only tf.data input across processes by itself; even_batches does it here.
+    engine = keras.distribution.DataParallel(devices=devices,
+                                             auto_shard_dataset=not several_hosts)
     return len(devices), engine.scope
 
 
@@ -86,14 +90,21 @@ def _start_tensorflow(virtual_devices):
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * virtual_devices)
-    if "TF_CONFIG" in os.environ:
-        # Each worker runs the same command; TF_CONFIG says who the others are.
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    else:
-        gpus = tf.config.list_logical_devices("GPU")
-        devices = gpus if virtual_devices is None and gpus else tf.config.list_logical_devices(
-            "CPU")
-        strategy = tf.distribute.MirroredStrategy([device.name for device in devices])
+    import keras
+
+    from configurator import require
+
+    # Refused rather than attempted: two workers on one machine, each running this command with
+    # its TF_CONFIG, both failed in their first step inside Keras 3.15.1's fit(), which takes
+    # the mean of the scalar per-step logs over an axis 0 they do not have (reduce_per_replica).
+    require("TF_CONFIG" not in os.environ,
+            f"TF_CONFIG is set, which asks TensorFlow for training across hosts "
+            f"(MultiWorkerMirroredStrategy), and fit() of Keras {keras.__version__} fails under "
+            f"it before its first step. Across hosts, use the JAX backend (README, \"Training "
+            f"on several devices\"); on one host, unset TF_CONFIG.")
+    gpus = tf.config.list_logical_devices("GPU")
+    devices = gpus if virtual_devices is None and gpus else tf.config.list_logical_devices("CPU")
+    strategy = tf.distribute.MirroredStrategy([device.name for device in devices])
     return strategy.num_replicas_in_sync, strategy.scope
 
 
@@ -153,14 +164,18 @@ def images_per_epoch(num_images, batch_size, devices):
 def even_batches(batches, devices, num_images, batch_size):
     """The batches of an epoch of num_images images (a tf.data.Dataset or a
     keras.utils.PyDataset, in batches of batch_size, a multiple of devices) with the last one
-    cut to a multiple of devices images, and dropped if that leaves it empty."""
-    if devices == 1 or num_images % batch_size % devices == 0:
+    cut to a multiple of devices images, and dropped if that leaves it empty. In a JAX job of
+    several processes, each process keeps its own contiguous share of every batch: they all
+    make the same batches from the same seed, and Keras takes each one's share as its part of
+    the global batch."""
+    processes = _jax_processes()
+    if devices == 1 or (num_images % batch_size % devices == 0 and processes == (0, 1)):
         return batches
     import keras
 
     length = math.ceil(images_per_epoch(num_images, batch_size, devices) / batch_size)
     if isinstance(batches, keras.utils.PyDataset):
-        return _even_py_dataset(batches, devices, length)
+        return _even_py_dataset(batches, devices, length, processes)
     import tensorflow as tf
 
     def cut(batch):
@@ -172,11 +187,25 @@ def even_batches(batches, devices, num_images, batch_size):
                                    ).apply(tf.data.experimental.assert_cardinality(length))
 
 
-def _even_py_dataset(inner, devices, length):
+def _jax_processes():
+    """(this process's index, the number of processes) of a JAX job; (0, 1) elsewhere."""
     import keras
 
+    if keras.backend.backend() != "jax":
+        return 0, 1
+    import jax
+
+    return jax.process_index(), jax.process_count()
+
+
+def _even_py_dataset(inner, devices, length, processes):
+    import keras
+
+    index, count = processes
+
     class EvenBatches(keras.utils.PyDataset):
-        """inner's first length batches, each cut to a multiple of devices images."""
+        """inner's first length batches, each cut to a multiple of devices images, and of
+        those this process's share."""
 
         def __init__(self):
             super().__init__(workers=inner.workers, use_multiprocessing=inner.use_multiprocessing,
@@ -185,13 +214,14 @@ def _even_py_dataset(inner, devices, length):
         def __len__(self):
             return length
 
-        def __getitem__(self, index):
-            batch = inner[index]
+        def __getitem__(self, index_of_batch):
+            batch = inner[index_of_batch]
             size = len(batch["image"] if isinstance(batch, dict) else batch)
-            keep = size // devices * devices
+            share = size // devices * devices // count  # a multiple of the local devices
+            rows = slice(index * share, (index + 1) * share)
             if isinstance(batch, dict):
-                return {name: array[:keep] for name, array in batch.items()}
-            return batch[:keep]
+                return {name: array[rows] for name, array in batch.items()}
+            return batch[rows]
 
         def on_epoch_end(self):
             inner.on_epoch_end()

@@ -166,12 +166,14 @@ def main(argv):
     if note:
         print(note.replace("OUT_DIR", out_dir))
     monitored = split_evenly_note(devices, data.num_train, images_per_epoch, monitored, config)
+    monitored_input = distribution.even_batches(
+        data.test_input(monitored, config["batch_size"], conditional), devices, monitored,
+        config["batch_size"])
     try:
         with distributed():
             # shuffle=False: the batches come shuffled per epoch by seed (data.training_input).
             model.fit(training_input, epochs=config["epochs"], shuffle=False,
-                      validation_data=data.test_input(monitored, config["batch_size"],
-                                                      conditional),
+                      validation_data=monitored_input,
                       callbacks=training_callbacks(out_dir, shown_x, shown_labels, config),
                       verbose="auto" if sys.stdout.isatty() else 2)
     except KeyboardInterrupt as interruption:  # Ctrl-C, or SIGTERM (callbacks.PreemptionGuard)

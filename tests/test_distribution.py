@@ -194,3 +194,18 @@ def test_torch_is_refused(tmp_path, fake_mnist_path):
     assert result.returncode == 2
     assert "not supported on the torch backend" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TF_CONFIG is TensorFlow's")
+def test_tensorflow_across_hosts_is_refused(tmp_path, fake_mnist_path):
+    config = {"cluster": {"worker": ["localhost:23456", "localhost:23457"]},
+              "task": {"type": "worker", "index": 0}}
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "train.py"), *train_arguments(
+            fake_mnist_path, tmp_path / "run", "--distribute=data_parallel")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TF_CONFIG": json.dumps(config)})
+    assert result.returncode == 2
+    assert "TF_CONFIG is set" in result.stderr and "MultiWorkerMirroredStrategy" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
