@@ -28,9 +28,10 @@ def _with_labels(inputs, labels, start, stop):
 
 
 def _predict(model, part, inputs):
-    """part (model's encoder or decoder) on one batch, as NumPy. A model trained data-parallel
-    is called directly, on one device: its engine's predict_on_batch would split the batch
-    across the devices, which fails unless it divides evenly (see distribution.py)."""
+    """part (model's encoder or decoder) on one batch, as NumPy. A model being trained
+    data-parallel is called directly, on one device: through its engine, predict_on_batch
+    returns every row once per replica on TensorFlow, and refuses a batch that does not split
+    evenly across the devices on JAX (see distribution.py)."""
     if replicated(model):
         return tree.map_structure(ops.convert_to_numpy, part(inputs, training=False))
     return part.predict_on_batch(inputs)

@@ -131,6 +131,7 @@ def main(argv):
     data = training_images(load_dataset_of_run(config), config)
     config["data"] = data.summary()
     check_model_fits_data(data, config)
+    check_batches_split(devices, config, test_images=len(data.x_test))
     if config["overwrite"]:
         # Only now, with every input checked, is the old run deleted.
         run_files.remove_run(out_dir)
@@ -165,7 +166,8 @@ def main(argv):
                                                          len(data.x_test))
     if note:
         print(note.replace("OUT_DIR", out_dir))
-    monitored = split_evenly_note(devices, data.num_train, images_per_epoch, monitored, config)
+    monitored = monitored_on_devices(devices, data.num_train, images_per_epoch, monitored,
+                                     config)
     monitored_input = distribution.even_batches(
         data.test_input(monitored, config["batch_size"], conditional), devices, monitored,
         config["batch_size"])
@@ -238,21 +240,23 @@ def training_images(data, config):
     return data
 
 
-def check_batches_split(devices, config):
-    """Every batch must split evenly across the devices (see distribution.py)."""
+def check_batches_split(devices, config, test_images=None):
+    """Every batch must split evenly across the devices (see distribution.py), and the
+    per-epoch test loss needs at least one test image per device."""
     from configurator import require
 
     require(config["batch_size"] % devices == 0,
             f"batch_size={config['batch_size']} does not split evenly across the {devices} "
             f"devices of distribute=data_parallel: make it a multiple of {devices} (it is the "
             f"global batch, shared by all devices).")
+    require(test_images is None or test_images >= devices,
+            f"The test split has {test_images} image(s), fewer than the {devices} devices of "
+            f"distribute=data_parallel; use fewer devices or more test images.")
 
 
-def split_evenly_note(devices, num_train, images_per_epoch, monitored, config):
+def monitored_on_devices(devices, num_train, images_per_epoch, monitored, config):
     """The number of test images the per-epoch test loss can use on devices devices (a multiple
     of their count); says what the even split changes, when it changes anything."""
-    from configurator import require
-
     if devices == 1:
         return monitored
     print(f"Data-parallel on {devices} devices: each batch of {config['batch_size']} images is "
@@ -261,8 +265,6 @@ def split_evenly_note(devices, num_train, images_per_epoch, monitored, config):
         print(f"The last batch of each epoch is cut to a multiple of {devices}: each epoch "
               f"trains on {images_per_epoch} of the {num_train} images, and the "
               f"{num_train - images_per_epoch} left out change from epoch to epoch.")
-    require(monitored >= devices, f"The test split has {monitored} image(s), fewer than the "
-                                  f"{devices} devices; use fewer devices or more test images.")
     if monitored % devices:
         print(f"The per-epoch test loss (val_*) is measured on the first "
               f"{monitored - monitored % devices} test images, a multiple of {devices}; the "
