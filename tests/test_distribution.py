@@ -209,3 +209,48 @@ def test_tensorflow_across_hosts_is_refused(tmp_path, fake_mnist_path):
     assert result.returncode == 2
     assert "TF_CONFIG is set" in result.stderr and "MultiWorkerMirroredStrategy" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
+
+
+@pytest.mark.backend
+@pytest.mark.slow
+@pytest.mark.skipif(BACKEND != "jax", reason="training across processes is implemented on JAX "
+                                             "only (TensorFlow's is refused, see above)")
+def test_two_jax_processes_train_as_one_device_does(tmp_path):
+    import socket
+
+    import h5py
+
+    data_path = tmp_path / "mnist.npz"
+    np.savez(data_path, **fake_mnist_arrays(n_train=64, n_test=20))
+    with socket.socket() as probe:  # a free port on this machine for the coordinator
+        probe.bind(("localhost", 0))
+        address = f"localhost:{probe.getsockname()[1]}"
+    # SGD: RMSprop's first steps would turn float rounding in tiny gradients into whole steps.
+    options = [f"--data_path={data_path}", "--architecture=strided", "--epochs=1",
+               "--batch_size=32", "--warmup_steps=0", "--optimizer=sgd",
+               "--lr_schedule=constant", "--learning_rate=1e-4"]
+    processes = [subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "train.py"), *options,
+         f"--out_dir={tmp_path / f'process{index}'}", "--distribute=data_parallel"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "KERAS_DISTRIBUTION_JOB_ADDRESSES": address,
+             "KERAS_DISTRIBUTION_NUM_PROCESSES": "2", "KERAS_DISTRIBUTION_PROCESS_ID": str(index)})
+        for index in (0, 1)]
+    alone = run_script("train.py", *options, f"--out_dir={tmp_path / 'alone'}")
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    for process in processes:
+        stdout, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr[-3000:]
+        assert "Data-parallel on 2 devices" in stdout  # one CPU device per process
+
+    def weights(run):
+        arrays = []
+        with h5py.File(tmp_path / run / "cvae.weights.h5") as f:
+            f.visititems(lambda name, item: arrays.append(item[()])
+                         if isinstance(item, h5py.Dataset) else None)
+        return arrays
+
+    for run in ("process0", "process1"):
+        assert float(read_history(tmp_path / run)[0]["loss"]) == pytest.approx(
+            float(read_history(tmp_path / "alone")[0]["loss"]), abs=1e-3)
+        assert max(np.abs(a - b).max() for a, b in zip(weights(run), weights("alone"))) < 1e-6
