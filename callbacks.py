@@ -231,7 +231,6 @@ def training_callbacks(out_dir, shown_x, shown_labels, config):
             TensorBoardSnapshots(path(run_files.SNAPSHOT_FOLDER),
                                  path(run_files.TENSORBOARD_FOLDER))]
     return [
-        PreemptionGuard(),
         DivergenceGuard(),
         EpochTimer(),
         EpochSnapshots(shown_x, shown_labels, config["latent_dim"], path(run_files.SNAPSHOT_FOLDER),
@@ -242,4 +241,7 @@ def training_callbacks(out_dir, shown_x, shown_labels, config):
         HistoryCSV(path(run_files.HISTORY_FILE)),
         # Resumes an interrupted run from its last completed epoch when the command is repeated.
         AtomicBackupAndRestore(path(run_files.BACKUP_FOLDER)),
+        # Last: when it stops the run, every other callback has seen the batch, and has closed
+        # what it writes at the end of training (TensorBoard's files).
+        PreemptionGuard(),
     ]

@@ -9,6 +9,7 @@ out_dir: config.json, the weights, history.csv, metrics.json and the figures.
 """
 
 import os
+import signal
 import sys
 
 import numpy as np
@@ -131,7 +132,7 @@ def main(argv):
     data = training_images(load_dataset_of_run(config), config)
     config["data"] = data.summary()
     check_model_fits_data(data, config)
-    check_batches_split(devices, config, test_images=len(data.x_test))
+    check_batches_split(devices, config, len(data.x_test), data.num_train)
     if config["overwrite"]:
         # Only now, with every input checked, is the old run deleted.
         run_files.remove_run(out_dir)
@@ -193,6 +194,9 @@ def main(argv):
               f"its last epoch is backed up; run the same command again to evaluate, or "
               f"`python evaluate.py {out_dir}`.", file=sys.stderr)
         return exit_code(interruption)
+    # From here on SIGTERM kills as it did before the guard (callbacks.PreemptionGuard): only
+    # the mark of a finished run is left to write, and a run without it is evaluated again.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     run_files.finish_run(out_dir)
     print(f"Saved the run in {out_dir}/: {run_files.RECONSTRUCTIONS_FILE}, metrics.json, figures.")
     return 0
@@ -240,9 +244,9 @@ def training_images(data, config):
     return data
 
 
-def check_batches_split(devices, config, test_images=None):
-    """Every batch must split evenly across the devices (see distribution.py), and the
-    per-epoch test loss needs at least one test image per device."""
+def check_batches_split(devices, config, test_images=None, train_images=None):
+    """Every batch must split evenly across the devices (see distribution.py), and an epoch
+    and the per-epoch test loss need at least one image per device."""
     from configurator import require
 
     require(config["batch_size"] % devices == 0,
@@ -252,6 +256,10 @@ def check_batches_split(devices, config, test_images=None):
     require(test_images is None or test_images >= devices,
             f"The test split has {test_images} image(s), fewer than the {devices} devices of "
             f"distribute=data_parallel; use fewer devices or more test images.")
+    require(train_images is None or train_images >= devices,
+            f"Only {train_images} training image(s) for the {devices} devices of "
+            f"distribute=data_parallel, which need one each; use fewer devices or more "
+            f"training images.")
 
 
 def monitored_on_devices(devices, num_train, images_per_epoch, monitored, config):

@@ -186,6 +186,18 @@ def test_a_batch_that_does_not_split_is_refused(tmp_path, fake_mnist_path):
     assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
+@needs_data_parallel
+def test_fewer_training_images_than_devices_are_refused(tmp_path, fake_mnist_path):
+    result = run_script("train.py", *train_arguments(
+        fake_mnist_path, tmp_path / "run", "--train_subset=1", "--distribute=data_parallel",
+        "--virtual_devices=2"))
+    assert result.returncode == 2
+    assert "Only 1 training image(s) for the 2 devices" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "cvae.weights.h5").exists()
+
+
 @pytest.mark.backend
 @pytest.mark.skipif(BACKEND != "torch", reason="the refusal is for PyTorch only")
 def test_torch_is_refused(tmp_path, fake_mnist_path):
