@@ -14,8 +14,10 @@ What the engines need from the rest of the project, and why:
   a device an empty share when a batch has fewer images than devices, which its CPU
   convolutions reject. batch_size must be a multiple of the device count; the last, partial
   training batch of an epoch is cut to a multiple of it (even_batches), and the per-epoch test
-  loss is measured on a multiple of it (train.py). The final evaluation runs on one device and
-  uses every test image (on_one_device).
+  loss is measured on a multiple of it (train.py). The final evaluation uses every test image:
+  on TensorFlow through a one-device copy of the model (on_one_device); on JAX outside the
+  engine's scope, where the jitted functions take the replicated weights with a batch of any
+  size.
 - the loss: on TensorFlow each replica computes its own share's mean, and Keras sums the
   replicas' gradients and multiplies the reported loss by their count; CVAE.compute_loss
   divides by replicas_in_sync() so that both are those of the global mean.
