@@ -52,12 +52,18 @@ def wait_for_epochs(process, out_dir, count, timeout=300):
     assert process.poll() is None, "the run ended before it could be interrupted"
 
 
-def test_kill_9_then_ctrl_c_then_resume_ends_with_every_epoch(tmp_path):
+def three_epoch_run(tmp_path):
+    """(out_dir, train.py's arguments) of a run of 3 epochs of 15 steps on made-up digits: long
+    enough to be stopped in its second epoch."""
     data_path = tmp_path / "mnist.npz"
     np.savez(data_path, **fake_mnist_arrays(n_train=480, n_test=60))
     out_dir = tmp_path / "run"
-    arguments = [f"--data_path={data_path}", f"--out_dir={out_dir}", "--epochs=3",
-                 "--batch_size=32", "--warmup_steps=5"]
+    return out_dir, [f"--data_path={data_path}", f"--out_dir={out_dir}", "--epochs=3",
+                     "--batch_size=32", "--warmup_steps=5"]
+
+
+def test_kill_9_then_ctrl_c_then_resume_ends_with_every_epoch(tmp_path):
+    out_dir, arguments = three_epoch_run(tmp_path)
 
     # 1. killed without warning during the second epoch
     process = start_train(arguments)
@@ -96,11 +102,7 @@ def test_kill_9_then_ctrl_c_then_resume_ends_with_every_epoch(tmp_path):
 
 
 def test_sigterm_stops_like_ctrl_c_with_its_own_exit_code_and_the_run_resumes(tmp_path):
-    data_path = tmp_path / "mnist.npz"
-    np.savez(data_path, **fake_mnist_arrays(n_train=480, n_test=60))
-    out_dir = tmp_path / "run"
-    arguments = [f"--data_path={data_path}", f"--out_dir={out_dir}", "--epochs=3",
-                 "--batch_size=32", "--warmup_steps=5"]
+    out_dir, arguments = three_epoch_run(tmp_path)
 
     # 1. a scheduler preempts the run during its second epoch
     process = start_train(arguments)
