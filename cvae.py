@@ -8,7 +8,8 @@ Two architectures share the losses, the sampling and the CVAE class:
   convolutions halve the resolution before the Dense layer, and stride-2 transposed
   convolutions double it back, so a 128x128x3 model stays near a million parameters.
 The model math is written with keras.ops / keras.random only, so that it does not depend on
-TensorFlow.
+TensorFlow; the one backend-specific corner is how a data-parallel replica finds its share of a
+batch (at the end). This module imports nothing else of the project.
 
 The objective is the negative evidence lower bound of Kingma & Welling (2013), "Auto-Encoding
 Variational Bayes", per image, in nats:
@@ -22,8 +23,6 @@ import math
 
 import keras
 from keras import layers, ops
-
-from distribution import replica_slice, replicas_in_sync
 
 ARCHITECTURES = ("article", "strided")
 KERNEL_SIZE = 3
@@ -60,15 +59,25 @@ def reconstruction_nats(x, x_decoded):
     return ops.sum(ops.reshape(pixel_bce, (ops.shape(pixel_bce)[0], -1)), axis=1)
 
 
-def kl_to_standard_normal(z_mean, z_log_var):
-    """KL(N(z_mean, exp(z_log_var)) || N(0, I)) per image, shaped (batch,).
+def kl_per_dimension(z_mean, z_log_var):
+    """KL(N(z_mean, exp(z_log_var)) || N(0, 1)) of every latent dimension, shaped (batch, latent):
+    -1/2 (1 + log sigma^2 - mu^2 - sigma^2), Kingma & Welling (2013), Appendix B."""
+    return -0.5 * _kl_bracket(z_mean, z_log_var)
 
-    Per dimension -1/2 (1 + log sigma^2 - mu^2 - sigma^2): Kingma & Welling (2013), Appendix B.
-    Summed, not averaged, over the latent dimensions.
-    """
+
+def kl_to_standard_normal(z_mean, z_log_var):
+    """KL(N(z_mean, exp(z_log_var)) || N(0, I)) per image, shaped (batch,): kl_per_dimension
+    summed, not averaged, over the latent dimensions."""
+    # The factor after the sum, as the training loss has always computed it: the same value,
+    # and the same float32 arithmetic step by step, so a seed still trains the same weights.
+    return -0.5 * ops.sum(_kl_bracket(z_mean, z_log_var), axis=1)
+
+
+def _kl_bracket(z_mean, z_log_var):
+    """1 + log sigma^2 - mu^2 - sigma^2 per dimension, in float32 (the KL is -1/2 of it)."""
     z_mean = ops.cast(z_mean, "float32")
     z_log_var = ops.cast(z_log_var, "float32")
-    return -0.5 * ops.sum(1.0 + z_log_var - ops.square(z_mean) - ops.exp(z_log_var), axis=1)
+    return 1.0 + z_log_var - ops.square(z_mean) - ops.exp(z_log_var)
 
 
 def negative_elbo_terms(x, x_decoded, z_mean, z_log_var):
@@ -370,3 +379,39 @@ def training_gflops_per_image(model):
     "Scaling Laws for Neural Language Models", section 2.1).
     """
     return 3 * forward_flops_per_image(model) / 1e9
+
+
+# ---- data-parallel replicas: the one backend-specific corner of the model -----------------------
+def replicas_in_sync():
+    """How many TensorFlow replicas each compute one share of the batch right now (1 outside a
+    tf.distribute strategy, and always 1 on JAX, whose training step sees the whole batch)."""
+    if keras.backend.backend() != "tensorflow":
+        return 1
+    import tensorflow as tf  # only on the TensorFlow backend, which has it
+
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def replica_slice(local_batch):
+    """(offset, global batch) of this replica's share of the batch, assuming the even split
+    that plumbing/devices.py guarantees; (0, local_batch) wherever the step sees the whole
+    batch."""
+    replicas = replicas_in_sync()
+    if replicas == 1:
+        return 0, local_batch
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    if context is None:  # the whole batch, as when Keras builds the model on a sample of it
+        return 0, local_batch
+    return context.replica_id_in_sync_group * local_batch, replicas * local_batch
+
+
+def is_replicated(model):
+    """True when the model's predictions would go through a data-parallel engine (see
+    measures._predict for why that matters)."""
+    if keras.backend.backend() == "jax":
+        return keras.distribution.distribution() is not None
+    if keras.backend.backend() == "tensorflow":
+        return model.distribute_strategy.num_replicas_in_sync > 1
+    return False

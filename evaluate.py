@@ -1,29 +1,63 @@
-"""Evaluate a finished run again, without retraining: metrics.json and every figure.
+"""Evaluate a trained run on its test split: compute every number, then draw every figure, then
+write test_scores.npy and metrics.json into the run folder.
 
     python evaluate.py                 # the run in outputs/
     python evaluate.py RUN_DIR --iwae_samples=256 --iwae_images=2000
 
-The model is rebuilt from RUN_DIR/config.json and its weights (run_files.load_run), the test split
-is loaded again from the same source with the same settings, and report.evaluate_run writes the
-same files train.py writes at its end.
+train.py calls evaluate_run() at its end, and this command calls it on a finished run, rebuilt
+from RUN_DIR/config.json and its weights (plumbing/run_folder.py) with its test split loaded
+again from the same source and settings, so both write the same files. Importing this module
+runs nothing and loads no Keras: measures, plotting and the run folder are imported inside the
+functions, once the command line has been checked.
 """
 
 import os
+import statistics
+import time
+
+import numpy as np
+
+from plumbing.command_line import (
+    check_rules,
+    parse_overrides,
+    quiet_tensorflow,
+    run_command,
+    split_run_dir,
+)
+
+# How much evaluation to do; the defaults keep a full evaluation to a couple of minutes on two
+# CPU cores. evaluate.py takes them as --name=value.
+EVALUATION_DEFAULTS = {
+    "iwae_samples": 64,  # K, importance samples per image for the log-likelihood estimate
+    "iwae_images": 1000,  # test images for that estimate (it costs K decoder passes per image)
+    "manifold_size": 20,  # the manifold figure is a manifold_size x manifold_size grid
+    "eval_seed": 0,  # seeds the z samples of the evaluation
+}
+INTERPOLATION_STEPS = 10
+# A short run gets a smaller evaluation, so that its first pictures come in a couple of minutes:
+# the importance-weighted estimate uses one test image per this many images trained (at least
+# MIN_IWAE_IMAGES), and the per-epoch test loss at least MIN_MONITOR_IMAGES test images and at
+# most a sixth of an epoch's images. The full default run (600,000 images trained) gets the full
+# evaluation. The final negative ELBO always uses every test image.
+IMAGES_TRAINED_PER_IWAE_IMAGE = 500
+MIN_IWAE_IMAGES = 100
+MIN_MONITOR_IMAGES = 1000
+# What each evaluation setting may be: (name, test, what is allowed).
+EVALUATION_RULES = (
+    ("iwae_samples", lambda value: value >= 1, "at least 1"),
+    ("iwae_images", lambda value: value >= 1, "at least 1"),
+    ("manifold_size", lambda value: value >= 1, "at least 1"),
+    ("eval_seed", lambda value: 0 <= value < 2**32, "in 0 .. 2**32 - 1"),
+)
 
 
 def main(argv):
-    from configurator import parse_overrides
-    from report import EVALUATION_DEFAULTS, check_settings
-
-    run_dir = "outputs"
-    if argv and not argv[0].startswith("--"):
-        run_dir, argv = argv[0], argv[1:]
+    run_dir, argv = split_run_dir(argv, "python evaluate.py RUN_DIR", default="outputs")
     settings = parse_overrides(EVALUATION_DEFAULTS, argv, {})
-    check_settings(settings)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    check_rules(settings, EVALUATION_RULES)
+    quiet_tensorflow()
     from data import load_dataset_of_run
-    from report import evaluate_run
-    from run_files import load_run, require_same_data
+    from plumbing.run_folder import load_run, require_same_data
 
     config, model = load_run(run_dir)
     data = load_dataset_of_run(config)
@@ -35,7 +69,236 @@ def main(argv):
     return 0
 
 
-if __name__ == "__main__":
-    from configurator import run_command
+def evaluate_run(model, config, data, run_dir, settings=None):
+    """Compute every number of a trained model on data's test split, then draw every figure,
+    then write test_scores.npy and metrics.json; returns the metrics."""
+    from plumbing import run_folder
+    from plumbing.atomic_files import write_atomically, write_json
 
+    settings = {**EVALUATION_DEFAULTS, **(settings or {})}
+    started = time.perf_counter()
+    # One generator, drawn in a fixed order (each test image's z, then the prior samples of the
+    # figures), so that a seed always gives the same numbers and figures.
+    rng = np.random.default_rng(settings["eval_seed"])
+    metrics, scores, z_mean = test_metrics(model, config, data, settings, rng)
+    metrics.update(training_record(os.path.join(run_dir, run_folder.HISTORY_FILE)))
+    figures = figure_images(model, config, data, z_mean, metrics, settings, rng)
+    draw_figures(figures, data, z_mean, scores, metrics, history=metrics["per_epoch"],
+                 run_dir=run_dir)
+    write_atomically(os.path.join(run_dir, run_folder.SCORES_FILE),
+                     lambda temporary: np.save(temporary, scores.astype("float32")))
+    metrics["evaluation_seconds"] = time.perf_counter() - started
+    write_json(os.path.join(run_dir, run_folder.METRICS_FILE), metrics)
+    print_metrics(metrics)
+    return metrics
+
+
+# ---- the numbers ---------------------------------------------------------------------------------
+def test_metrics(model, config, data, settings, rng):
+    """(metrics, each test image's negative ELBO, each one's z_mean)."""
+    import measures
+
+    x_test, y_test = data.x_test, data.y_test
+    # A conditional model is given each image's class: it scores -log p(x|y), not -log p(x).
+    labels = y_test if model.conditional else None
+    # The negative ELBO of every test image: encode once, one z sample, decode once.
+    z_mean, z_log_var = measures.encode(model, x_test, labels=labels)
+    reconstruction, kl = measures.elbo_from_encoding(model, x_test, z_mean, z_log_var, rng,
+                                                     labels=labels)
+    scores = reconstruction + kl
+    metrics = measures.summarize_negative_elbo(reconstruction, kl)
+    metrics["test_bits_per_dim"] = measures.bits_per_dim(metrics["test_negative_elbo"],
+                                                         data.image_shape)
+    metrics["iwae"] = importance_weighted_estimates(model, x_test, scores, settings, labels)
+    metrics.update(measures.latent_activity(z_mean, z_log_var))
+    metrics["conditional"] = bool(model.conditional)  # the scores are then -log p(x|y)
+    if config.get("holdout_class") is not None:
+        # Anomaly detection: how well the score tells the held-out class from the others.
+        holdout = data.class_index(config["holdout_class"])
+        metrics["holdout_class"] = data.caption(holdout)
+        metrics["auroc"] = measures.auroc(scores, y_test == holdout)
+    return metrics, scores, z_mean
+
+
+
+def scaled_to_run(images_per_epoch, epochs, test_images):
+    """(evaluation settings, per-epoch monitoring images, note) for a run of this size; the note
+    says what was scaled down and how to ask for the full evaluation (None when nothing was)."""
+    settings = dict(EVALUATION_DEFAULTS)
+    settings["iwae_images"] = min(settings["iwae_images"], max(
+        MIN_IWAE_IMAGES, images_per_epoch * epochs // IMAGES_TRAINED_PER_IWAE_IMAGE))
+    monitor = min(test_images, max(MIN_MONITOR_IMAGES, images_per_epoch // 6))
+    scaled = []
+    if monitor < test_images:
+        scaled.append(f"the per-epoch test loss (val_*) is measured on the first {monitor:,} of "
+                      f"the {test_images:,} test images")
+    if settings["iwae_images"] < min(EVALUATION_DEFAULTS["iwae_images"], test_images):
+        scaled.append(f"the importance-weighted estimate uses {settings['iwae_images']:,} test "
+                      f"images instead of {EVALUATION_DEFAULTS['iwae_images']:,}")
+    note = None
+    if scaled:
+        note = (f"A short run gets a short evaluation: {'; '.join(scaled)}. The final negative "
+                f"ELBO uses every test image. For the full evaluation afterwards, run "
+                f"`python evaluate.py OUT_DIR --iwae_images={EVALUATION_DEFAULTS['iwae_images']}`.")
+    return settings, monitor, note
+
+
+def importance_weighted_estimates(model, x_test, scores, settings, labels=None):
+    """log p(x) bounds at several K on the first iwae_images test images (Burda et al. 2015)."""
+    import measures
+
+    n_iwae = min(settings["iwae_images"], len(x_test))
+    log_weights = measures.importance_log_weights(
+        model, x_test[:n_iwae], settings["iwae_samples"], seed=settings["eval_seed"],
+        labels=None if labels is None else labels[:n_iwae])
+    ks = sorted({1, *[k for k in (8, 64, 256, 1024) if k < settings["iwae_samples"]],
+                 settings["iwae_samples"]})
+    iwae = {"images": n_iwae, "k": ks, "log_likelihood": [], "stderr": []}
+    for k in ks:
+        mean, stderr = measures.mean_and_standard_error(
+            measures.importance_weighted_bound(log_weights, k))
+        iwae["log_likelihood"].append(mean)
+        iwae["stderr"].append(stderr)
+    iwae["elbo_same_images"] = -float(np.mean(scores[:n_iwae]))
+    return iwae
+
+
+def training_record(history_path):
+    """The run's history (per_epoch) and its mean epoch time, for metrics.json."""
+    from plumbing.run_folder import read_history
+
+    history = read_history(history_path)
+    seconds = [row["epoch_seconds"] for row in history if "epoch_seconds" in row]
+    return {"seconds_per_epoch": float(np.mean(seconds)) if seconds else None,
+            "per_epoch": history}
+
+
+# ---- the figures ---------------------------------------------------------------------------------
+def latent_dims_shown(kl_per_dimension):
+    """The two latent dimensions the figures show: both when there are two (or the one twice),
+    else the two with the largest KL."""
+    if len(kl_per_dimension) <= 2:
+        return [0, min(1, len(kl_per_dimension) - 1)]
+    return [int(d) for d in np.argsort(kl_per_dimension)[::-1][:2]]
+
+
+def figure_images(model, config, data, z_mean, metrics, settings, rng):
+    """Every image the figures show, decoded in a few batched calls: a dict of arrays."""
+    import measures
+
+    latent_dim = z_mean.shape[1]
+    dims = latent_dims_shown(metrics["kl_per_dimension"])
+    conditional = model.conditional
+    shown_x, shown_captions, shown_labels = data.shown_images(seed=config.get("seed", 0))
+    shown_labels = shown_labels if conditional else None
+    shown_mean, _ = measures.encode(model, shown_x, labels=shown_labels)
+    quantiles, grid = manifold_grid(settings["manifold_size"], latent_dim, dims)
+    # A conditional model draws the manifold of the first class, and ten samples of each of the
+    # first ten classes, one class per row.
+    manifold = measures.decode(model, grid, labels=np.zeros(len(grid), "int32")
+                               if conditional else None)
+    sample_labels = (np.arange(100) // 10) % len(data.class_names) if conditional else None
+    samples = measures.decode(model, rng.standard_normal((100, latent_dim)).astype("float32"),
+                              labels=sample_labels)
+    figures = {"dims": dims, "shown_x": shown_x, "shown_captions": shown_captions,
+               "reconstructions": measures.decode(model, shown_mean, labels=shown_labels),
+               "manifold": manifold, "quantiles": quantiles, "samples": samples,
+               "pairs": [(a, a + 1) for a in range(0, len(shown_x) - 1, 2)]}
+    figures["interpolations"] = None
+    if figures["pairs"]:  # a test split of one class shows one image: nothing to join
+        figures["interpolations"] = interpolations(model, shown_mean, shown_labels,
+                                                   figures["pairs"], data.image_shape)
+    return figures
+
+
+def interpolations(model, shown_mean, shown_labels, pairs, image_shape):
+    """The straight line between the codes of each pair of shown images, decoded:
+    (pairs, INTERPOLATION_STEPS, *image_shape). A conditional path keeps its start's class."""
+    import measures
+
+    path_z = np.concatenate([measures.straight_line(shown_mean[a], shown_mean[b],
+                                                    INTERPOLATION_STEPS) for a, b in pairs])
+    path_labels = None if shown_labels is None else np.repeat(
+        shown_labels[[a for a, _ in pairs]], INTERPOLATION_STEPS)
+    return measures.decode(model, path_z, labels=path_labels).reshape(
+        (len(pairs), INTERPOLATION_STEPS) + tuple(image_shape))
+
+
+def draw_figures(figures, data, z_mean, scores, metrics, history, run_dir):
+    """Draw every figure of the evaluation from arrays already computed."""
+    import measures
+    import plotting
+    from plumbing.run_folder import RECONSTRUCTIONS_FILE
+
+    def path(name):
+        return os.path.join(run_dir, name)
+
+    dims, captions, conditional = figures["dims"], figures["shown_captions"], metrics["conditional"]
+    kind = "Test images" if captions is None else "One test image per class"
+    plotting.plot_reconstructions(
+        figures["shown_x"], figures["reconstructions"], captions, path(RECONSTRUCTIONS_FILE),
+        title=f"{kind} (top) and its reconstruction from z_mean (bottom)")
+    dims_note = ("" if z_mean.shape[1] <= 2 else
+                 f" (dimensions {dims[0]} and {dims[1]}: the two with the largest KL)")
+    plotting.plot_latent_space(z_mean, data.y_test, data.class_names, dims,
+                               path("latent_space.png"),
+                               f"Posterior means of the {len(z_mean)} test images{dims_note}")
+    plotting.plot_manifold(figures["manifold"], figures["quantiles"], dims, path("manifold.png"))
+    plotting.plot_image_grid(figures["samples"], 10, 10, path("samples.png"),
+                             "100 images decoded from z ~ N(0, I) (Bernoulli means)" + (
+                                 ", one class per row: " + ", ".join(data.class_names[:10])
+                                 if conditional else ""))
+    if figures["interpolations"] is not None:
+        names = captions or [f"image {i + 1}" for i in range(len(figures["shown_x"]))]
+        plotting.plot_interpolations(figures["interpolations"],
+                                     [f"{names[a]} to {names[b]}" for a, b in figures["pairs"]],
+                                     path("interpolation.png"))
+    if history:
+        plotting.plot_learning_curves(history, path("learning_curves.png"))
+    test_captions = None if data.y_test is None else [data.caption(y) for y in data.y_test]
+    plotting.plot_typical_and_atypical(data.x_test, scores, test_captions, path("anomalies.png"))
+    is_held_out = None
+    if "holdout_class" in metrics:
+        is_held_out = data.y_test == data.class_names.index(metrics["holdout_class"])
+    plotting.plot_score_histogram(scores, is_held_out, path("score_histogram.png"),
+                                  metrics.get("holdout_class"))
+    if is_held_out is not None:
+        fpr, tpr = measures.roc_curve(scores, is_held_out)
+        plotting.plot_roc(fpr, tpr, metrics["auroc"], metrics["holdout_class"], path("roc.png"))
+
+
+def manifold_grid(n, latent_dim, dims):
+    """Normal quantiles at evenly spaced probabilities, and the n*n latent codes of the grid.
+
+    As in Kingma & Welling's figure 4, the prior's probability mass, not z itself, is spaced
+    evenly. Row-major; the top row has the highest z[dims[1]], as on a plot's y axis; the other
+    latent dimensions stay at 0, the prior's mode.
+    """
+    quantiles = np.array([statistics.NormalDist().inv_cdf(p)
+                          for p in np.linspace(0.5 / n, 1 - 0.5 / n, n)])
+    grid = np.zeros((n, n, latent_dim), "float32")
+    grid[:, :, dims[0]] = quantiles[None, :]
+    grid[:, :, dims[1]] = quantiles[::-1, None]
+    return quantiles, grid.reshape(n * n, latent_dim)
+
+
+def print_metrics(metrics):
+    print(f"Test negative ELBO: {metrics['test_negative_elbo']:.2f} "
+          f"± {metrics['test_negative_elbo_stderr']:.2f} nats "
+          f"(reconstruction {metrics['test_reconstruction']:.2f} + KL {metrics['test_kl']:.2f}), "
+          f"{metrics['test_bits_per_dim']:.4f} bits per dimension")
+    iwae = metrics["iwae"]
+    print(f"On the first {iwae['images']} test images: ELBO {iwae['elbo_same_images']:.2f}; "
+          f"importance-weighted log p(x{'|y' if metrics.get('conditional') else ''}) "
+          f"estimate: " + ", ".join(
+              f"K={k}: {value:.2f} ± {se:.2f}"
+              for k, value, se in zip(iwae["k"], iwae["log_likelihood"], iwae["stderr"])))
+    print(f"Active latent units: {metrics['active_units']} of "
+          f"{len(metrics['kl_per_dimension'])}; KL per dimension: "
+          + ", ".join(f"{value:.2f}" for value in metrics["kl_per_dimension"]))
+    if "auroc" in metrics:
+        print(f"AUROC for the held-out class {metrics['holdout_class']}: {metrics['auroc']:.3f}")
+
+
+if __name__ == "__main__":
     run_command(main)

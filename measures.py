@@ -12,8 +12,13 @@ import math
 import numpy as np
 from keras import ops, tree
 
-from cvae import kl_to_standard_normal, pixel_nats, reconstruction_nats
-from distribution import replicated
+from cvae import (
+    is_replicated,
+    kl_per_dimension,
+    kl_to_standard_normal,
+    pixel_nats,
+    reconstruction_nats,
+)
 
 EVAL_BATCH_SIZE = 500
 LOG_2PI = math.log(2.0 * math.pi)
@@ -31,8 +36,8 @@ def _predict(model, part, inputs):
     """part (model's encoder or decoder) on one batch, as NumPy. A model being trained
     data-parallel is called directly, on one device: through its engine, predict_on_batch
     returns every row once per replica on TensorFlow, and refuses a batch that does not split
-    evenly across the devices on JAX (see distribution.py)."""
-    if replicated(model):
+    evenly across the devices on JAX (see plumbing/devices.py)."""
+    if is_replicated(model):
         return tree.map_structure(ops.convert_to_numpy, part(inputs, training=False))
     return part.predict_on_batch(inputs)
 
@@ -51,6 +56,7 @@ def encode(model, x, batch_size=EVAL_BATCH_SIZE, labels=None):
 
 def decode(model, z, batch_size=EVAL_BATCH_SIZE, labels=None):
     """Bernoulli means of the images decoded from z (N, latent_dim), as a NumPy array."""
+    z = np.asarray(z, dtype="float32")
     return np.concatenate([
         _predict(model, model.decoder, _with_labels(z, labels, start, start + batch_size))
         for start in range(0, len(z), batch_size)])
@@ -61,6 +67,13 @@ def reconstruct(model, x, labels=None):
     cvae.predict showed them)."""
     z_mean, _ = encode(model, x, labels=labels)
     return decode(model, z_mean, labels=labels)
+
+
+def sample_z(z_mean, z_log_var, epsilon):
+    """The reparameterization in NumPy, cvae.Sampling's formula: z = z_mean + exp(z_log_var / 2)
+    * epsilon, where epsilon is standard normal noise that z_mean and z_log_var broadcast
+    against. In epsilon's precision (float64 from NumPy's generators); decode() takes float32."""
+    return z_mean + np.exp(0.5 * z_log_var) * epsilon
 
 
 def straight_line(z_start, z_end, steps):
@@ -79,8 +92,7 @@ def elbo_from_encoding(model, x, z_mean, z_log_var, rng, batch_size=EVAL_BATCH_S
     """
     if epsilon is None:
         epsilon = rng.standard_normal(z_mean.shape)
-    z = z_mean + np.exp(0.5 * z_log_var) * epsilon
-    decoded = decode(model, z.astype("float32"), batch_size, labels)
+    decoded = decode(model, sample_z(z_mean, z_log_var, epsilon), batch_size, labels)
     reconstruction = np.concatenate([
         ops.convert_to_numpy(reconstruction_nats(x[start:start + batch_size],
                                                  decoded[start:start + batch_size]))
@@ -112,10 +124,9 @@ def pixel_maps(model, x, num_samples, rng, labels=None):
     z_mean, z_log_var = encode(model, x, labels=labels)
     loss_maps, spreads = [], []
     for index, (image, mean, log_var) in enumerate(zip(x, z_mean, z_log_var)):
-        z = mean + np.exp(0.5 * log_var) * rng.standard_normal((num_samples, len(mean)))
+        z = sample_z(mean, log_var, rng.standard_normal((num_samples, len(mean))))
         same_label = None if labels is None else np.repeat(labels[index:index + 1], num_samples)
-        # (K, height, width, channels)
-        decoded = decode(model, z.astype("float32"), labels=same_label)
+        decoded = decode(model, z, labels=same_label)  # (K, height, width, channels)
         pixel_loss = ops.convert_to_numpy(pixel_nats(np.broadcast_to(image, decoded.shape),
                                                      decoded))
         loss_maps.append(pixel_loss.mean(axis=0).sum(axis=-1))
@@ -156,8 +167,8 @@ def importance_log_weights(model, x, num_samples, seed=0, batch_size=EVAL_BATCH_
         stop = min(start + images_per_chunk, len(x))
         mean, log_var = z_mean[start:stop, None, :], z_log_var[start:stop, None, :]
         epsilon = rng.standard_normal((stop - start, num_samples, z_mean.shape[1]))
-        z = mean + np.exp(0.5 * log_var) * epsilon  # (images, K, latent_dim)
-        decoded = decode(model, z.reshape(-1, z.shape[-1]).astype("float32"), batch_size,
+        z = sample_z(mean, log_var, epsilon)  # (images, K, latent_dim)
+        decoded = decode(model, z.reshape(-1, z.shape[-1]), batch_size,
                          None if labels is None else np.repeat(labels[start:stop], num_samples))
         images = np.repeat(x[start:stop], num_samples, axis=0)
         log_p_x_given_z = -ops.convert_to_numpy(reconstruction_nats(images, decoded)).reshape(
@@ -178,12 +189,11 @@ def importance_weighted_bound(log_weights, k):
 def latent_activity(z_mean, z_log_var):
     """Per-dimension variance of the posterior mean, active-unit count, and per-dimension KL."""
     activity = np.var(np.asarray(z_mean, dtype=np.float64), axis=0)
-    kl_per_dimension = np.mean(
-        -0.5 * (1.0 + z_log_var - np.square(z_mean) - np.exp(z_log_var)), axis=0)
+    mean_kl = np.mean(ops.convert_to_numpy(kl_per_dimension(z_mean, z_log_var)), axis=0)
     return {
         "latent_activity": activity.tolist(),
         "active_units": int(np.sum(activity > ACTIVE_UNIT_THRESHOLD)),
-        "kl_per_dimension": kl_per_dimension.tolist(),
+        "kl_per_dimension": mean_kl.tolist(),
     }
 
 

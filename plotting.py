@@ -1,5 +1,6 @@
 """Figures, drawn headless: each plot_* function takes arrays and a path, saves a PNG atomically
-and returns the path; save_gif stitches saved PNGs into an animation.
+and returns the path; save_gif stitches saved PNGs into an animation; EpochSnapshots draws the
+same test images and prior draws at the end of every training epoch.
 
 Images are (n, height, width, 1) grey or (n, height, width, 3) RGB, values in [0, 1], any size.
 """
@@ -10,12 +11,14 @@ import textwrap
 import matplotlib
 
 matplotlib.use("Agg")  # no display needed: the script runs on servers and in CI
+import keras  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.textpath import TextPath  # noqa: E402
 
-from run_files import write_atomically  # noqa: E402
+import measures  # noqa: E402
+from plumbing.atomic_files import write_atomically  # noqa: E402
 
 
 def _save(fig, path):
@@ -297,3 +300,42 @@ def plot_roc(fpr, tpr, auc, holdout_name, path):
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+# ---- during training --------------------------------------------------------------------------
+class EpochSnapshots(keras.callbacks.Callback):
+    """Saves snapshots/epoch_NNN.png, the same test images and the same prior draws every epoch,
+    and stitches every frame so far into training.gif, so that even an interrupted run has it.
+
+    originals: the images drawn; labels: their classes (None without labels), which a
+    conditional model is given, and in which it decodes the prior draws too.
+    """
+
+    def __init__(self, originals, labels, latent_dim, folder, gif_path, seed=0):
+        super().__init__()
+        self.originals = originals
+        self.labels = labels
+        self.folder = folder
+        self.gif_path = gif_path
+        # Fixed draws from the prior, so successive frames show the decoder change, not z.
+        self.z = np.random.default_rng(seed).standard_normal(
+            (len(originals), latent_dim)).astype("float32")
+
+    def _labels(self):
+        return self.labels if self.model.conditional else None
+
+    def on_epoch_end(self, epoch, logs=None):
+        labels = self._labels()
+        reconstructions = measures.reconstruct(self.model, self.originals, labels)
+        samples = measures.decode(self.model, self.z, labels=labels)
+        plot_training_snapshot(self.originals, reconstructions, samples, epoch + 1,
+                               os.path.join(self.folder, f"epoch_{epoch + 1:03d}.png"))
+        frames = sorted(name for name in os.listdir(self.folder)
+                        if name.startswith("epoch_") and name.endswith(".png"))
+        save_gif([os.path.join(self.folder, name) for name in frames], self.gif_path)
+
+    def draw_reconstructions(self, path, title):
+        """The images and their reconstructions by the model as it is now (an interrupted run's
+        figure)."""
+        reconstructions = measures.reconstruct(self.model, self.originals, self._labels())
+        return plot_reconstructions(self.originals, reconstructions, None, path, title=title)

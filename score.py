@@ -3,8 +3,8 @@
     python score.py RUN_DIR image.png folder/ arrays.npz [--percentile=99] [--out=scores.csv]
     python score.py RUN_DIR folder/ --figures=explained/ --latents=codes.npz
 
-Each image goes through the preprocessing its run was trained with (image_files.prepare_file
-for files, data.arrays_as_model_input for arrays) and gets its negative ELBO in nats and in bits
+Each image goes through the preprocessing its run was trained with (plumbing/image_files.py for
+files, plumbing/arrays.py for arrays) and gets its negative ELBO in nats and in bits
 per dimension, the same single-sample estimate the evaluation saved for the run's own test split
 (test_scores.npy). Its percentile among those test scores, and `anomalous` (above the
 --percentile-th of them), go into a CSV with one row per image. A file that cannot be read gets
@@ -15,6 +15,18 @@ import csv
 import os
 import sys
 import zlib
+
+import numpy as np
+
+from plumbing.atomic_files import write_atomically
+from plumbing.command_line import (
+    check_rules,
+    parse_overrides,
+    quiet_tensorflow,
+    run_command,
+    split_run_dir,
+)
+from plumbing.errors import ConfigError, DataError, RunError, require
 
 SCORE_DEFAULTS = {
     "percentile": 99.0,  # an image above this percentile of the test-split scores is anomalous
@@ -28,34 +40,31 @@ SCORE_DEFAULTS = {
 NPZ_IMAGE_KEYS = ("x", "x_test", "x_train", "images")
 
 
-def main(argv):
-    from configurator import ConfigError, parse_overrides, require
+# What each setting may be: (name, test, what is allowed).
+SCORE_RULES = (
+    ("percentile", lambda value: 0 < value < 100, "between 0 and 100"),
+    ("samples", lambda value: 1 <= value <= 1000, "1 to 1000"),
+)
+USAGE = "python score.py RUN_DIR INPUT... [--percentile=99]"
 
-    inputs = [argument for argument in argv if not argument.startswith("--")]
-    if len(inputs) < 2:
-        raise ConfigError("Give the run folder and at least one image file, folder or .npz: "
-                          "python score.py RUN_DIR INPUT... [--percentile=99].")
-    run_dir, inputs = inputs[0], inputs[1:]
+
+def main(argv):
+    run_dir, inputs = split_run_dir([a for a in argv if not a.startswith("--")], USAGE)
+    if not inputs:
+        raise ConfigError(f"Give the run folder and at least one image file, folder or .npz: "
+                          f"{USAGE}.")
     settings = parse_overrides(SCORE_DEFAULTS, [a for a in argv if a.startswith("--")],
                                {"out": str, "figures": str, "latents": str, "class_name": str})
-    require(0 < settings["percentile"] < 100,
-            f"percentile must be between 0 and 100, not {settings['percentile']}.")
-    require(1 <= settings["samples"] <= 1000, "samples must be 1 to 1000.")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import numpy as np
+    check_rules(settings, SCORE_RULES)
+    quiet_tensorflow()
+    from data import label_of_run
+    from plumbing import run_folder
 
-    import measures
-    import run_files
-
-    config, model = run_files.load_run(run_dir)
-    test_scores_path = os.path.join(run_dir, run_files.SCORES_FILE)
-    if not os.path.isfile(test_scores_path):
-        raise run_files.RunError(f"{test_scores_path!r} is missing: the run has no test-split "
-                                 f"scores to compare with. Run `python evaluate.py {run_dir}`.")
-    test_scores = np.load(test_scores_path, allow_pickle=False)
+    config, model = run_folder.load_run(run_dir)
+    test_scores = read_test_scores(run_dir)
     threshold = float(np.percentile(test_scores, settings["percentile"]))
-    image_shape = run_files.image_shape_of(config)
-    label = run_files.class_label(settings["class_name"], config)
+    image_shape = run_folder.image_shape_of(config)
+    label = label_of_run(settings["class_name"], config)
     require(not model.conditional or label is not None,
             "This run is conditional: it scores an image given its class, -log p(x|y). Give the "
             "class with --class_name (its test scores were computed with each image's own class).")
@@ -63,31 +72,8 @@ def main(argv):
     names, images, failed = read_inputs(inputs, image_shape)
     rows = []
     if images:
-        x = np.stack(images)
-        labels = None if label is None else np.full(len(x), label, "int32")
-        z_mean, z_log_var = measures.encode(model, x, labels=labels)
-        # Each image's z sample is seeded by its name, so that its score does not depend on what
-        # else is scored with it.
-        epsilon = np.stack([np.random.default_rng([settings["seed"], zlib.crc32(name.encode())])
-                            .standard_normal(z_mean.shape[1]) for name in names])
-        reconstruction, kl = measures.elbo_from_encoding(
-            model, x, z_mean, z_log_var, None, labels=labels, epsilon=epsilon)
-        scores = reconstruction + kl
-        for name, score in zip(names, scores):
-            rows.append({
-                "path": name, "negative_elbo_nats": f"{score:.4f}",
-                "bits_per_dim": f"{measures.bits_per_dim(score, image_shape):.6f}",
-                "percentile": f"{100.0 * np.mean(test_scores <= score):.2f}",
-                "anomalous": bool(score > threshold), "error": ""})
-        if settings["latents"]:
-            def write_latents(temporary):
-                with open(temporary, "wb") as f:  # a path not ending in .npz would get one added
-                    np.savez(f, path=np.array(names), z_mean=z_mean, z_log_var=z_log_var)
-
-            make_parent_folder(settings["latents"])
-            run_files.write_atomically(settings["latents"], write_latents)
-        if settings["figures"]:
-            draw_explanations(model, x, labels, names, scores, test_scores, settings)
+        rows = score_images(model, np.stack(images), names, label, test_scores, threshold,
+                            image_shape, settings)
     rows += [{"path": name, "error": error} for name, error in failed]
     out = settings["out"] or os.path.join(run_dir, "scores.csv")
     make_parent_folder(out)
@@ -102,12 +88,51 @@ def main(argv):
     return 1 if failed else 0
 
 
+def read_test_scores(run_dir):
+    """The run's test-split scores (test_scores.npy), which a new image's score is ranked in."""
+    from plumbing.run_folder import SCORES_FILE
+
+    path = os.path.join(run_dir, SCORES_FILE)
+    if not os.path.isfile(path):
+        raise RunError(f"{path!r} is missing: the run has no test-split scores to compare with. "
+                       f"Run `python evaluate.py {run_dir}`.")
+    return np.load(path, allow_pickle=False)
+
+
+def score_images(model, x, names, label, test_scores, threshold, image_shape, settings):
+    """The CSV rows of the images x (and their --latents and --figures, when asked for)."""
+    import measures
+
+    labels = None if label is None else np.full(len(x), label, "int32")
+    z_mean, z_log_var = measures.encode(model, x, labels=labels)
+    # Each image's z sample is seeded by its name, so that its score does not depend on what
+    # else is scored with it.
+    epsilon = np.stack([np.random.default_rng([settings["seed"], zlib.crc32(name.encode())])
+                        .standard_normal(z_mean.shape[1]) for name in names])
+    reconstruction, kl = measures.elbo_from_encoding(
+        model, x, z_mean, z_log_var, None, labels=labels, epsilon=epsilon)
+    scores = reconstruction + kl
+    rows = [{"path": name, "negative_elbo_nats": f"{score:.4f}",
+             "bits_per_dim": f"{measures.bits_per_dim(score, image_shape):.6f}",
+             "percentile": f"{100.0 * np.mean(test_scores <= score):.2f}",
+             "anomalous": bool(score > threshold), "error": ""}
+            for name, score in zip(names, scores)]
+    if settings["latents"]:
+        def write_latents(temporary):
+            with open(temporary, "wb") as f:  # a path not ending in .npz would get one added
+                np.savez(f, path=np.array(names), z_mean=z_mean, z_log_var=z_log_var)
+
+        make_parent_folder(settings["latents"])
+        write_atomically(settings["latents"], write_latents)
+    if settings["figures"]:
+        draw_explanations(model, x, labels, names, scores, test_scores, settings)
+    return rows
+
+
 def read_inputs(inputs, image_shape):
     """(names, images as model input, [(name, error)]) for files, folders and .npz files."""
-    import numpy as np
-
-    from data import DataError, arrays_as_model_input
-    from image_files import list_class_folder, prepare_files
+    from plumbing.arrays import arrays_as_model_input
+    from plumbing.image_files import list_class_folder, prepare_files
 
     files, names, images, failed = [], [], [], []
     for item in inputs:
@@ -142,8 +167,6 @@ def read_inputs(inputs, image_shape):
 
 
 def draw_explanations(model, x, labels, names, scores, test_scores, settings):
-    import numpy as np
-
     import measures
     import plotting
 
@@ -166,8 +189,6 @@ def draw_explanations(model, x, labels, names, scores, test_scores, settings):
 
 
 def make_parent_folder(path):
-    from run_files import RunError
-
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     except OSError as error:
@@ -184,8 +205,6 @@ def figure_name(name):
 
 
 def write_rows(path, rows):
-    import run_files
-
     columns = ["path", "negative_elbo_nats", "bits_per_dim", "percentile", "anomalous", "error"]
 
     def write(temporary):
@@ -194,10 +213,8 @@ def write_rows(path, rows):
             writer.writeheader()
             writer.writerows(rows)
 
-    run_files.write_atomically(path, write)
+    write_atomically(path, write)
 
 
 if __name__ == "__main__":
-    from configurator import run_command
-
     run_command(main)

@@ -6,13 +6,22 @@
 
 Any hyperparameter below can be overridden as --name=value. Everything the run writes goes into
 out_dir: config.json, the weights, history.csv, metrics.json and the figures.
+
+The modules that load Keras are imported inside the functions, so that a mistyped hyperparameter
+is refused at once, without waiting for TensorFlow to load.
 """
 
 import os
-import signal
 import sys
 
 import numpy as np
+
+import evaluate
+from data import KERAS_DATASETS
+from plumbing.command_line import check_rules, parse_overrides, quiet_tensorflow, run_command
+from plumbing.devices import DISTRIBUTIONS
+from plumbing.errors import require
+from plumbing.optimizer import LR_SCHEDULES, OPTIMIZERS
 
 _names_before_hyperparameters = set(globals())
 # ----------------------------------------------------------------------------------------------
@@ -33,7 +42,7 @@ precision = "float32"  # float32 | mixed_bfloat16 (CPUs with bf16) | mixed_float
 # optimizer
 optimizer = "rmsprop"  # rmsprop (the article's) | adam | sgd
 learning_rate = 1e-3  # peak learning rate, reached after the warm-up
-warmup_steps = 500  # linear warm-up from 0; keeps RMSprop from diverging (see optimization.py)
+warmup_steps = 500  # linear warm-up from 0; keeps RMSprop from diverging (see docs/warm-up.md)
 lr_schedule = "cosine"  # cosine: decay to 1% of the peak by the last step | constant
 epochs = 10  # passes over the training images
 batch_size = 64  # images per step
@@ -54,15 +63,31 @@ TYPES_OF_NONE_DEFAULTS = {"data_path": str, "image_size": int, "channels": int, 
                           "train_subset": int, "holdout_class": str, "distribute": str,
                           "virtual_devices": int}
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+# What each hyperparameter may be: (name, test, what is allowed), checked before anything loads.
+RULES = (
+    ("image_size", lambda value: value is None or 4 <= value <= 2048,
+     "None or 4 to 2048 pixels"),
+    ("channels", lambda value: value in (None, 1, 3), "None, 1 (grey) or 3 (RGB)"),
+    ("test_fraction", lambda value: 0 < value < 1, "between 0 and 1"),
+    ("architecture", lambda value: value in ("article", "strided"), "article or strided"),
+    ("epochs", lambda value: value > 0, "at least 1"),
+    ("batch_size", lambda value: value > 0, "at least 1"),
+    ("latent_dim", lambda value: value > 0, "at least 1"),
+    ("learning_rate", lambda value: value > 0, "positive"),
+    ("warmup_steps", lambda value: value >= 0, "0 or more"),
+    ("train_subset", lambda value: value is None or value > 0, "None or at least 1"),
+    ("seed", lambda value: 0 <= value < 2**32, "in 0 .. 2**32 - 1"),
+    ("precision", lambda value: value in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+    ("optimizer", lambda value: value in OPTIMIZERS,
+     f"one of {', '.join(sorted(OPTIMIZERS))}"),
+    ("lr_schedule", lambda value: value in LR_SCHEDULES, f"one of {', '.join(LR_SCHEDULES)}"),
+    ("distribute", lambda value: value in DISTRIBUTIONS, "None (one device) or data_parallel"),
+    ("virtual_devices", lambda value: value is None or value >= 1, "None or at least 1"),
+)
 
 
 def read_config(argv):
-    """The hyperparameters above with the command line's overrides, checked for range."""
-    from configurator import parse_overrides, require
-    from data import KERAS_DATASETS
-    from distribution import DISTRIBUTIONS
-    from optimization import LR_SCHEDULES, OPTIMIZERS  # plain lists; no Keras loaded yet
-
+    """The hyperparameters above with the command line's overrides, checked against RULES."""
     config = parse_overrides(HYPERPARAMETERS, argv, TYPES_OF_NONE_DEFAULTS)
     for key in ("data_path",) + (() if config["dataset"] in KERAS_DATASETS else ("dataset",)):
         if config[key] is not None:
@@ -71,83 +96,102 @@ def read_config(argv):
     require(config["data_path"] is None or config["dataset"] in KERAS_DATASETS,
             f"data_path is the local copy of a named dataset ({', '.join(KERAS_DATASETS)}); "
             f"for your own .npz or folder, pass its path as --dataset instead.")
-    require(config["image_size"] is None or 4 <= config["image_size"] <= 2048,
-            f"image_size must be None or 4 to 2048 pixels, not {config['image_size']}.")
-    require(config["channels"] in (None, 1, 3),
-            f"channels must be None, 1 (grey) or 3 (RGB), not {config['channels']}.")
-    require(0 < config["test_fraction"] < 1,
-            f"test_fraction must be between 0 and 1, not {config['test_fraction']}.")
-    require(config["architecture"] in ("article", "strided"),
-            f"architecture must be article or strided, not {config['architecture']!r}.")
-    require(config["epochs"] > 0, f"epochs must be at least 1, not {config['epochs']}.")
-    require(config["batch_size"] > 0, f"batch_size must be at least 1, not {config['batch_size']}.")
-    require(config["latent_dim"] > 0, f"latent_dim must be at least 1, not {config['latent_dim']}.")
-    require(config["learning_rate"] > 0,
-            f"learning_rate must be positive, not {config['learning_rate']}.")
-    require(config["warmup_steps"] >= 0,
-            f"warmup_steps must be 0 or more, not {config['warmup_steps']}.")
-    require(config["train_subset"] is None or config["train_subset"] > 0,
-            f"train_subset must be None or at least 1, not {config['train_subset']}.")
-    require(0 <= config["seed"] < 2**32, f"seed must be in 0 .. 2**32 - 1, not {config['seed']}.")
-    require(config["precision"] in PRECISIONS,
-            f"precision must be one of {', '.join(PRECISIONS)}, not {config['precision']!r}.")
-    require(config["optimizer"] in OPTIMIZERS,
-            f"optimizer must be one of {', '.join(sorted(OPTIMIZERS))}, not "
-            f"{config['optimizer']!r}.")
-    require(config["lr_schedule"] in LR_SCHEDULES,
-            f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, not "
-            f"{config['lr_schedule']!r}.")
-    require(config["distribute"] in DISTRIBUTIONS,
-            f"distribute must be None (one device) or data_parallel, not "
-            f"{config['distribute']!r}.")
-    require(config["virtual_devices"] is None or config["virtual_devices"] >= 1,
-            f"virtual_devices must be None or at least 1, not {config['virtual_devices']}.")
+    check_rules(config, RULES)
     return config
 
 
 def main(argv):
     config = read_config(argv)
-
-    # Imports after the arguments are checked, so that a typo is refused without waiting for
-    # TensorFlow to load.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
-    import keras
-
-    import distribution
-    import run_files
-    from callbacks import TrainingDiverged, training_callbacks
-    from cvae import training_gflops_per_image
+    # Keras loads only now, so that a typo is refused without waiting for TensorFlow.
+    quiet_tensorflow()
+    import plotting
     from data import load_dataset_of_run
-    from optimization import make_optimizer
-    from report import evaluate_run, scaled_to_run
+    from plumbing import devices, recording, run_folder, stopping
+    from plumbing.atomic_files import write_json
 
-    devices, distributed = distribution.start(config["distribute"], config["virtual_devices"])
-    check_batches_split(devices, config)
+    device_count, distributed = devices.start(config["distribute"], config["virtual_devices"])
+    check_batches_split(device_count, config)
     out_dir = config["out_dir"]
-    path = lambda name: os.path.join(out_dir, name)  # noqa: E731
-    if not run_files.prepare_out_dir(out_dir, config):
+    if not run_folder.prepare_out_dir(out_dir, config):
         return 0
 
     # data
     data = training_images(load_dataset_of_run(config), config)
     config["data"] = data.summary()
     check_model_fits_data(data, config)
-    check_batches_split(devices, config, len(data.x_test), data.num_train)
+    check_batches_split(device_count, config, len(data.x_test), data.num_train)
     if config["overwrite"]:
-        # Only now, with every input checked, is the old run deleted.
-        run_files.remove_run(out_dir)
+        run_folder.remove_run(out_dir)  # only now, with every input checked
 
     # model and optimizer
+    model, images_per_epoch = build_and_compile(config, data, device_count, distributed)
+    write_json(os.path.join(out_dir, run_folder.CONFIG_FILE), {**config, "versions": versions()})
+
+    # train; the test set is only monitored (val_* columns), never used to choose anything
+    evaluation_settings, training_input, monitored_input = fit_inputs(
+        data, config, device_count, images_per_epoch)
+    shown_x, _, shown_labels = data.shown_images(config["seed"])
+    snapshots = plotting.EpochSnapshots(
+        shown_x, shown_labels, config["latent_dim"],
+        os.path.join(out_dir, run_folder.SNAPSHOT_FOLDER),
+        os.path.join(out_dir, run_folder.GIF_FILE), seed=config["seed"])
+    try:
+        with distributed():
+            # shuffle=False: the batches come shuffled per epoch by seed (data.training_input).
+            model.fit(training_input, epochs=config["epochs"], shuffle=False,
+                      validation_data=monitored_input,
+                      callbacks=recording.training_callbacks(out_dir, config, snapshots),
+                      verbose="auto" if sys.stdout.isatty() else 2)
+    except KeyboardInterrupt as interruption:  # Ctrl-C, or SIGTERM (stopping.PreemptionGuard)
+        return stop_on_interrupt(model, config, snapshots, interruption)
+    except stopping.TrainingDiverged as error:
+        return stopping.report_divergence(error, out_dir)
+
+    # save, then evaluate on the test set and draw the figures, on one device, every test image
+    try:
+        run_folder.save_trained_model(model, config, out_dir)
+        model = devices.on_one_device(model, lambda: run_folder.build_model(config))
+        evaluate.evaluate_run(model, config, data, out_dir, evaluation_settings)
+    except KeyboardInterrupt as interruption:
+        return stopping.report_interrupted_evaluation(interruption, out_dir)
+    stopping.kill_on_sigterm()
+    run_folder.finish_run(out_dir)
+    print(f"Saved the run in {out_dir}/: {run_folder.RECONSTRUCTIONS_FILE}, metrics.json, "
+          f"figures.")
+    return 0
+
+
+def stop_on_interrupt(model, config, snapshots, interruption):
+    """Ctrl-C or SIGTERM during training: save the weights and a reconstruction figure, then
+    say how to resume; returns the exit code."""
+    from plumbing import run_folder, stopping
+
+    run_folder.save_trained_model(model, config, config["out_dir"])
+    snapshots.draw_reconstructions(
+        os.path.join(config["out_dir"], run_folder.RECONSTRUCTIONS_FILE),
+        title="Test images and their reconstructions (interrupted run)")
+    return stopping.report_interrupted_training(interruption, config)
+
+
+def build_and_compile(config, data, device_count, distributed):
+    """(the model, compiled with its optimizer and schedule, the images an epoch trains on),
+    built inside the data-parallel engine when there is one."""
+    import keras
+
+    from cvae import training_gflops_per_image
+    from plumbing import devices, run_folder
+    from plumbing.optimizer import make_optimizer
+
     keras.mixed_precision.set_dtype_policy(config["precision"])
     keras.utils.set_random_seed(config["seed"])
     with distributed():  # a replicated model is built and compiled inside its engine
-        model = run_files.build_model(config, seed=config["seed"])
+        model = run_folder.build_model(config, seed=config["seed"])
         model.encoder.summary()
         model.decoder.summary()
         print(f"CVAE ({config['architecture']}): {model.count_params():,} parameters, "
               f"{training_gflops_per_image(model):.3f} GFLOP per training image.")
-        images_per_epoch = distribution.images_per_epoch(data.num_train, config["batch_size"],
-                                                         devices)
+        images_per_epoch = devices.images_per_epoch(data.num_train, config["batch_size"],
+                                                    device_count)
         steps_per_epoch = -(-images_per_epoch // config["batch_size"])
         # The XLA-compiled update cannot run inside tf.distribute's replicas (it would have to
         # sum their gradients inside a nested compiled function, which TensorFlow refuses).
@@ -155,75 +199,49 @@ def main(argv):
             config["optimizer"], config["learning_rate"],
             total_steps=config["epochs"] * steps_per_epoch, warmup_steps=config["warmup_steps"],
             schedule=config["lr_schedule"], fused=config["distribute"] is None))
-    run_files.write_json(path(run_files.CONFIG_FILE), {**config, "versions": versions()})
+    return model, images_per_epoch
 
-    # train; the test set is only monitored (val_* columns), never used to choose anything
-    conditional = config["conditional"]
-    shown_x, _, shown_labels = data.shown_images(config["seed"])
-    training_input = distribution.even_batches(
-        data.training_input(config["batch_size"], config["seed"], conditional), devices,
-        data.num_train, config["batch_size"])
-    evaluation_settings, monitored, note = scaled_to_run(data.num_train, config["epochs"],
-                                                         len(data.x_test))
+
+def fit_inputs(data, config, device_count, images_per_epoch):
+    """(the evaluation's settings, the training batches, the per-epoch test batches), scaled to
+    the run's size and split evenly across the devices."""
+    from plumbing import devices
+
+    batch_size, conditional = config["batch_size"], config["conditional"]
+    training_input = devices.even_batches(
+        data.training_input(batch_size, config["seed"], conditional), device_count,
+        data.num_train, batch_size)
+    evaluation_settings, monitored, note = evaluate.scaled_to_run(
+        data.num_train, config["epochs"], len(data.x_test))
     if note:
-        print(note.replace("OUT_DIR", out_dir))
-    monitored = monitored_on_devices(devices, data.num_train, images_per_epoch, monitored,
+        print(note.replace("OUT_DIR", config["out_dir"]))
+    monitored = monitored_on_devices(device_count, data.num_train, images_per_epoch, monitored,
                                      config)
-    monitored_input = distribution.even_batches(
-        data.test_input(monitored, config["batch_size"], conditional), devices, monitored,
-        config["batch_size"])
-    try:
-        with distributed():
-            # shuffle=False: the batches come shuffled per epoch by seed (data.training_input).
-            model.fit(training_input, epochs=config["epochs"], shuffle=False,
-                      validation_data=monitored_input,
-                      callbacks=training_callbacks(out_dir, shown_x, shown_labels, config),
-                      verbose="auto" if sys.stdout.isatty() else 2)
-    except KeyboardInterrupt as interruption:  # Ctrl-C, or SIGTERM (callbacks.PreemptionGuard)
-        return stop_on_interrupt(model, config, shown_x, shown_labels, interruption)
-    except TrainingDiverged as error:
-        return stop_on_divergence(error, out_dir)
-
-    # save, then evaluate on the test set and draw the figures, on one device, every test image
-    try:
-        run_files.save_trained_model(model, config, out_dir)
-        model = distribution.on_one_device(model, lambda: run_files.build_model(config))
-        evaluate_run(model, config, data, out_dir, evaluation_settings)
-    except KeyboardInterrupt as interruption:
-        print(f"\n{stopped_by(interruption)} during the evaluation. Training is complete, and "
-              f"its last epoch is backed up; run the same command again to evaluate, or "
-              f"`python evaluate.py {out_dir}`.", file=sys.stderr)
-        return exit_code(interruption)
-    # From here on SIGTERM kills as it did before the guard (callbacks.PreemptionGuard): only
-    # the mark of a finished run is left to write, and a run without it is evaluated again.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    run_files.finish_run(out_dir)
-    print(f"Saved the run in {out_dir}/: {run_files.RECONSTRUCTIONS_FILE}, metrics.json, figures.")
-    return 0
+    monitored_input = devices.even_batches(
+        data.test_input(monitored, batch_size, conditional), device_count, monitored, batch_size)
+    return evaluation_settings, training_input, monitored_input
 
 
 def check_model_fits_data(data, config):
     """Refuse, before anything is built, a model the data cannot train, or a resumed run whose
     data has changed since it started."""
-    import run_files
-    from configurator import require
     from cvae import architecture_problem
+    from plumbing import run_folder
+    from plumbing.atomic_files import read_json
 
     problem = architecture_problem(data.image_shape, config["latent_dim"], config["architecture"])
     require(problem is None, problem)
     require(not config["conditional"] or data.y_train is not None,
             f"conditional=True needs class labels, and {data.description} has none: give it "
             f"class subfolders (or y_train and y_test), or leave conditional as False.")
-    config_path = os.path.join(config["out_dir"], run_files.CONFIG_FILE)
+    config_path = os.path.join(config["out_dir"], run_folder.CONFIG_FILE)
     if not config["overwrite"] and os.path.exists(config_path):
-        run_files.require_same_data(config["out_dir"], run_files.read_json(config_path).get(
+        run_folder.require_same_data(config["out_dir"], read_json(config_path).get(
             "data"), config["data"])
 
 
 def training_images(data, config):
     """The data with holdout_class left out of training and train_subset applied."""
-    from configurator import require
-
     if config["holdout_class"] is not None:
         # Anomaly-detection experiment: the model never sees this class in training.
         holdout = data.class_index(config["holdout_class"])
@@ -245,10 +263,8 @@ def training_images(data, config):
 
 
 def check_batches_split(devices, config, test_images=None, train_images=None):
-    """Every batch must split evenly across the devices (see distribution.py), and an epoch
+    """Every batch must split evenly across the devices (see plumbing/devices.py), and an epoch
     and the per-epoch test loss need at least one image per device."""
-    from configurator import require
-
     require(config["batch_size"] % devices == 0,
             f"batch_size={config['batch_size']} does not split evenly across the {devices} "
             f"devices of distribute=data_parallel: make it a multiple of {devices} (it is the "
@@ -280,57 +296,6 @@ def monitored_on_devices(devices, num_train, images_per_epoch, monitored, config
     return monitored - monitored % devices
 
 
-def stopped_by(interruption):
-    from callbacks import Preempted
-
-    return ("Stopped by SIGTERM (how a scheduler or a preemptible machine ends a job)"
-            if isinstance(interruption, Preempted) else "Interrupted")
-
-
-def exit_code(interruption):
-    """130 for Ctrl-C and 143 for SIGTERM, the codes a shell gives a process killed by each."""
-    from callbacks import Preempted
-
-    return 143 if isinstance(interruption, Preempted) else 130
-
-
-def stop_on_interrupt(model, config, shown_x, shown_labels, interruption):
-    """Ctrl-C or SIGTERM during training: save the weights and a reconstruction figure, say how
-    to resume."""
-    import run_files
-    from measures import reconstruct
-    from plotting import plot_reconstructions
-
-    path = lambda name: os.path.join(config["out_dir"], name)  # noqa: E731
-    run_files.save_trained_model(model, config, config["out_dir"])
-    labels = shown_labels if config["conditional"] else None
-    plot_reconstructions(shown_x, reconstruct(model, shown_x, labels), None,
-                         path(run_files.RECONSTRUCTIONS_FILE),
-                         title="Test images and their reconstructions (interrupted run)")
-    done = len(run_files.read_history(path(run_files.HISTORY_FILE)))
-    again = ("the same command without --overwrite=True" if config["overwrite"]
-             else "the same command")
-    print(f"\n{stopped_by(interruption)}. The current weights are in "
-          f"{path(run_files.WEIGHTS_FILE)} and the reconstructions in "
-          f"{path(run_files.RECONSTRUCTIONS_FILE)}. {done} of {config['epochs']} epochs were "
-          f"completed; run {again} again to resume from there (the partial epoch is "
-          f"repeated).", file=sys.stderr)
-    return exit_code(interruption)
-
-
-def stop_on_divergence(error, out_dir):
-    """The weights now hold NaNs: nothing is saved over the last good state, which stays in the
-    backup folder (the end of the last completed epoch)."""
-    import run_files
-
-    backup = os.path.join(out_dir, run_files.BACKUP_FOLDER)
-    kept = (f"The weights of the last completed epoch are kept in {backup}. "
-            if os.path.exists(backup) else "No epoch was completed. ")
-    print(f"error: {error} {kept}To start afresh with new settings, add --overwrite=True.",
-          file=sys.stderr)
-    return 3
-
-
 def versions():
     import keras
 
@@ -346,6 +311,4 @@ def versions():
 
 
 if __name__ == "__main__":
-    from configurator import run_command
-
     run_command(main)

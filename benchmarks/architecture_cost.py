@@ -17,7 +17,7 @@ import keras
 import numpy as np
 
 from cvae import architecture_problem, build_cvae, parameter_count, training_gflops_per_image
-from optimization import make_optimizer
+from plumbing.optimizer import make_optimizer
 from timing import StepTimer
 
 

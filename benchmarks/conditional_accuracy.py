@@ -19,7 +19,8 @@ from keras import layers
 
 import measures
 from data import load_dataset_of_run
-from run_files import load_run, write_json
+from plumbing.atomic_files import write_json
+from plumbing.run_folder import load_run
 
 
 def build_classifier(image_shape, num_classes):

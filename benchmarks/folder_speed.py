@@ -23,7 +23,7 @@ from PIL import Image
 
 from cvae import build_cvae
 from data import load_dataset, load_mnist
-from optimization import make_optimizer
+from plumbing.optimizer import make_optimizer
 from timing import StepTimer
 
 

@@ -21,7 +21,7 @@ compile(optimizer="rmsprop") with a summed binary cross-entropy and fit(x, x) on
 
 Variants: a precision (float32, mixed_bfloat16, mixed_float16), then +xla to compile the whole step
 (XLA on TensorFlow, torch.compile on PyTorch; JAX always compiles it), +plain for Keras's own
-optimizer update instead of the fused one (TensorFlow only, see optimization.py), +guard for
+optimizer update instead of the fused one (TensorFlow only, see plumbing/optimizer.py), +guard for
 train.py's per-batch NaN check. "+keptmem" after a backend runs its process with glibc told to keep
 freed memory (MALLOC_TRIM_THRESHOLD_ and friends): an A/B test of the allocator.
 """
@@ -47,7 +47,7 @@ def build_baseline(latent_dim=2):
     from keras import layers, ops
 
     from cvae import kl_to_standard_normal
-    from data import MNIST_IMAGE_SHAPE
+    from plumbing.arrays import MNIST_IMAGE_SHAPE
 
     class BaselineSampling(layers.Layer):
         def call(self, inputs):
@@ -81,8 +81,8 @@ def make_project_model(variant):
     import keras
 
     from cvae import build_cvae
-    from data import MNIST_IMAGE_SHAPE
-    from optimization import make_optimizer
+    from plumbing.arrays import MNIST_IMAGE_SHAPE
+    from plumbing.optimizer import make_optimizer
 
     precision, *extras = variant.split("+")
     keras.mixed_precision.set_dtype_policy(precision)
@@ -97,8 +97,8 @@ def make_project_model(variant):
 
 def time_pass(name, model, x, batch_size):
     """One fit() over x: (median step seconds, images/s by the wall clock of the whole pass)."""
-    from batches import in_memory_batches
-    from callbacks import DivergenceGuard
+    from plumbing.batches import in_memory_batches
+    from plumbing.stopping import DivergenceGuard
     from timing import StepTimer
 
     timer = StepTimer()

@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 
 from cvae import build_cvae  # noqa: E402
 from data import load_mnist  # noqa: E402
-from optimization import make_optimizer  # noqa: E402
+from plumbing.optimizer import make_optimizer  # noqa: E402
 
 
 class WatchDivergence(keras.callbacks.Callback):

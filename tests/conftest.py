@@ -1,10 +1,15 @@
-"""Shared test set-up: the project root on sys.path, quiet TensorFlow, small MNIST-like files."""
+"""Shared test set-up and helpers: the project root on sys.path, quiet TensorFlow, small MNIST-like
+files and image folders, and train.py run as a user runs it."""
 
+import json
 import os
+import signal
+import subprocess
 import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -39,8 +44,6 @@ def real_mnist_path():
 
 def run_script(script, *arguments, timeout=600):
     """Run one of the project's scripts as a user would, from the project root."""
-    import subprocess
-
     return subprocess.run([sys.executable, os.path.join(ROOT, script), *arguments], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -56,3 +59,44 @@ def finished_run(tmp_path_factory):
                         "--epochs=1", "--batch_size=32", "--train_subset=100", "--warmup_steps=2")
     assert result.returncode == 0, result.stderr[-3000:]
     return out_dir, data_path, result
+
+
+# ---- files the tests write -----------------------------------------------------------------------
+def write_npz(tmp_path, name="data.npz", **arrays):
+    path = tmp_path / name
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def write_images(folder, images, extension=".png"):
+    """Save uint8 arrays (H, W) or (H, W, 3) as image files 000.png, 001.png, ... in folder."""
+    os.makedirs(folder, exist_ok=True)
+    for index, pixels in enumerate(images):
+        Image.fromarray(pixels).save(os.path.join(folder, f"{index:03d}{extension}"))
+
+
+def coloured_squares(n, size=32, seed=0):
+    """RGB images of one saturated colour square on black: (n, size, size, 3) uint8."""
+    rng = np.random.default_rng(seed)
+    images = np.zeros((n, size, size, 3), np.uint8)
+    for image, channel, corner in zip(images, rng.integers(0, 3, n),
+                                      rng.integers(0, size // 2, (n, 2))):
+        image[corner[0]:corner[0] + size // 2, corner[1]:corner[1] + size // 2, channel] = 255
+    return images
+
+
+# ---- train.py in the background -----------------------------------------------------------------
+def start_train(arguments):
+    # A shell starts background jobs with SIGINT ignored, and Python keeps an ignored SIGINT
+    # ignored: restore the default, so that the child gets Ctrl-C as it would in a terminal.
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *arguments],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def backed_up_epochs(out_dir):
+    path = out_dir / "backup" / "training_metadata.json"
+    try:
+        return json.loads(path.read_text())["epoch"]
+    except (OSError, ValueError):
+        return 0

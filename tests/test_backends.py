@@ -68,7 +68,7 @@ def test_a_decoder_written_on_another_backend_loads_on_this_one(writer, data_pat
     assert trained.returncode == 0, trained.stderr[-2000:]
     import keras
 
-    from run_files import load_run
+    from plumbing.run_folder import load_run
 
     decoder = keras.saving.load_model(str(out_dir / "decoder.keras"))
     _, model = load_run(str(out_dir))

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from batches import in_memory_batches
+from plumbing.batches import in_memory_batches
 
 pytestmark = pytest.mark.backend
 

@@ -1,6 +1,7 @@
 import pytest
 
-from configurator import ConfigError, parse_overrides
+from plumbing.command_line import parse_overrides
+from plumbing.errors import ConfigError
 
 DEFAULTS = {"epochs": 10, "learning_rate": 1e-3, "optimizer": "rmsprop", "overwrite": False,
             "data_path": None, "train_subset": None}

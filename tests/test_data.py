@@ -8,32 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import data
-from conftest import fake_mnist_arrays
-from data import DataError, load_dataset, load_mnist, one_image_per_class
-
-
-def write_npz(tmp_path, name="data.npz", **arrays):
-    path = tmp_path / name
-    np.savez(path, **arrays)
-    return str(path)
-
-
-def write_images(folder, images, extension=".png"):
-    """Save uint8 arrays (H, W) or (H, W, 3) as image files 000.png, 001.png, ... in folder."""
-    os.makedirs(folder, exist_ok=True)
-    for index, pixels in enumerate(images):
-        Image.fromarray(pixels).save(os.path.join(folder, f"{index:03d}{extension}"))
-
-
-def coloured_squares(n, size=32, seed=0):
-    """RGB images of one saturated colour square on black: (n, size, size, 3) uint8."""
-    rng = np.random.default_rng(seed)
-    images = np.zeros((n, size, size, 3), np.uint8)
-    for image, channel, corner in zip(images, rng.integers(0, 3, n),
-                                      rng.integers(0, size // 2, (n, 2))):
-        image[corner[0]:corner[0] + size // 2, corner[1]:corner[1] + size // 2, channel] = 255
-    return images
+from conftest import coloured_squares, fake_mnist_arrays, write_images, write_npz
+from data import load_dataset, load_mnist, one_image_per_class
+from plumbing import arrays
+from plumbing.errors import DataError
 
 
 # ---- MNIST in the keras.datasets layout --------------------------------------------------------
@@ -123,7 +101,7 @@ def test_default_source_is_keras(monkeypatch):
     raw = fake_mnist_arrays()
     monkeypatch.setattr(keras.datasets.mnist, "load_data", lambda: (
         (raw["x_train"], raw["y_train"]), (raw["x_test"], raw["y_test"])))
-    (x_train, _), _ = data.load_mnist()
+    (x_train, _), _ = load_mnist()
     assert x_train.shape == (120, 28, 28, 1)
 
 
@@ -243,7 +221,7 @@ def test_bad_npz_contents(tmp_path, arrays, message):
 
 
 def test_an_npz_too_large_for_memory_is_refused_before_loading(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "MEMORY_BUDGET", 1000)
+    monkeypatch.setattr(arrays, "MEMORY_BUDGET", 1000)
     path = write_npz(tmp_path, x_train=np.zeros((10, 8, 8), np.uint8))
     with pytest.raises(DataError, match="folder"):
         load_dataset(path)

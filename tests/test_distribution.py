@@ -17,8 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, fake_mnist_arrays, run_script
-from test_resilience import backed_up_epochs, start_train
+from conftest import ROOT, backed_up_epochs, fake_mnist_arrays, run_script, start_train
 
 BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
 needs_data_parallel = pytest.mark.skipif(
@@ -31,11 +30,11 @@ EQUALITY_SCRIPT = """
 import json, sys
 import keras, numpy as np
 sys.path.insert(0, ROOT)
-import distribution
+from plumbing import devices as distribution
 devices, distributed = distribution.start("data_parallel", virtual_devices=2)
-from batches import in_memory_batches
+from plumbing.batches import in_memory_batches
 from cvae import build_cvae
-from optimization import make_optimizer
+from plumbing.optimizer import make_optimizer
 
 x = (np.load(MNIST)["x_train"][:STEPS * 32, :, :, None] / 255).astype("float32")
 
@@ -77,7 +76,7 @@ def read_history(out_dir):
 
 def test_bad_distribute_values_are_refused_in_one_paragraph():
     import train
-    from configurator import ConfigError
+    from plumbing.errors import ConfigError
 
     with pytest.raises(ConfigError, match="distribute must be None .* or data_parallel"):
         train.read_config(["--distribute=model_parallel"])
@@ -87,8 +86,8 @@ def test_bad_distribute_values_are_refused_in_one_paragraph():
 
 @pytest.mark.backend
 def test_the_last_batch_is_cut_to_a_multiple_of_the_devices():
-    import distribution
-    from batches import in_memory_batches
+    from plumbing import devices as distribution
+    from plumbing.batches import in_memory_batches
 
     images = np.arange(37, dtype="float32")[:, None]
     assert distribution.images_per_epoch(37, 8, 2) == 36  # batches of 8, 8, 8, 8, 4

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import run_script
+from evaluate import EVALUATION_DEFAULTS, manifold_grid, scaled_to_run
 from measures import auroc, importance_weighted_bound, latent_activity, roc_curve
-from report import EVALUATION_DEFAULTS, manifold_grid, scaled_to_run
 
 
 def brute_force_auroc(scores, is_positive):

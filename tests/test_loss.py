@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from cvae import PROBABILITY_EPSILON, build_cvae, negative_elbo_terms
-from data import MNIST_IMAGE_SHAPE
+from plumbing.arrays import MNIST_IMAGE_SHAPE
 
 # The model and its loss must be the same on every Keras backend.
 pytestmark = pytest.mark.backend

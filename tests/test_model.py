@@ -13,7 +13,7 @@ from cvae import (
     strided_halvings,
     training_gflops_per_image,
 )
-from data import MNIST_IMAGE_SHAPE
+from plumbing.arrays import MNIST_IMAGE_SHAPE
 
 # The model and its loss must be the same on every Keras backend.
 pytestmark = pytest.mark.backend

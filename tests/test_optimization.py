@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from optimization import FINAL_LR_FRACTION, OPTIMIZERS, learning_rate_schedule, make_optimizer
+from plumbing.optimizer import FINAL_LR_FRACTION, OPTIMIZERS, learning_rate_schedule, make_optimizer
 
 
 def rates(schedule, steps):
@@ -70,7 +70,7 @@ def test_fit_takes_the_fused_path_and_trains_the_model_as_keras_would():
     import keras
 
     from cvae import build_cvae
-    from data import MNIST_IMAGE_SHAPE
+    from plumbing.arrays import MNIST_IMAGE_SHAPE
 
     images = np.random.default_rng(1).random((24, 28, 28, 1)).astype("float32")
     trained = {}

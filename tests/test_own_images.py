@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_script
-from test_data import coloured_squares, write_images, write_npz
+from conftest import coloured_squares, run_script, write_images, write_npz
 
 # Every test here runs train.py or evaluate.py in a subprocess.
 pytestmark = pytest.mark.slow

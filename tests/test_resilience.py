@@ -4,14 +4,12 @@ import csv
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, fake_mnist_arrays, run_script
+from conftest import backed_up_epochs, fake_mnist_arrays, run_script, start_train
 
 # Every test here runs train.py or evaluate.py in a subprocess.
 pytestmark = pytest.mark.slow
@@ -23,22 +21,6 @@ def read_epochs(out_dir):
         return []
     with open(path) as f:
         return [int(row["epoch"]) for row in csv.DictReader(f)]
-
-
-def start_train(arguments):
-    # A shell starts background jobs with SIGINT ignored, and Python keeps an ignored SIGINT
-    # ignored: restore the default, so that the child gets Ctrl-C as it would in a terminal.
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *arguments],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-
-
-def backed_up_epochs(out_dir):
-    path = out_dir / "backup" / "training_metadata.json"
-    try:
-        return json.loads(path.read_text())["epoch"]
-    except (OSError, ValueError):
-        return 0
 
 
 def wait_for_epochs(process, out_dir, count, timeout=300):
@@ -190,11 +172,11 @@ def test_a_crash_during_the_evaluation_resumes_at_the_evaluation(tmp_path, fake_
 
 
 def test_two_runs_in_one_folder_are_refused(tmp_path, fake_mnist_path):
-    import run_files
+    from plumbing import run_folder
 
     out_dir = tmp_path / "run"
     out_dir.mkdir()
-    assert run_files.lock_run_folder(str(out_dir))  # as a running train.py holds it
+    assert run_folder.lock_run_folder(str(out_dir))  # as a running train.py holds it
     result = run_script("train.py", f"--data_path={fake_mnist_path}", f"--out_dir={out_dir}")
     assert result.returncode == 2 and "Another train.py is running" in result.stderr
 

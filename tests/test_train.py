@@ -64,7 +64,7 @@ def test_one_epoch_on_a_small_file_writes_the_whole_run(finished_run):
 
     # The saved weights rebuild the same model.
     from data import load_mnist
-    from run_files import load_run
+    from plumbing.run_folder import load_run
 
     _, model = load_run(str(out_dir))
     (_, _), (x_test, _) = load_mnist(fake_mnist_path)
@@ -75,7 +75,7 @@ def test_one_epoch_on_a_small_file_writes_the_whole_run(finished_run):
     leftovers = [name for name in os.listdir(out_dir) if ".tmp" in name]
     assert not leftovers
     # Every file the run wrote is one that --overwrite=True knows to delete.
-    from run_files import RUN_FILES, RUN_FOLDERS
+    from plumbing.run_folder import RUN_FILES, RUN_FOLDERS
 
     assert set(os.listdir(out_dir)) - {".lock"} <= set(RUN_FILES) | set(RUN_FOLDERS)
 
@@ -116,9 +116,10 @@ def test_short_training_on_real_mnist_learns(real_mnist_path):
     import keras
 
     from cvae import build_cvae
-    from data import MNIST_IMAGE_SHAPE, load_mnist
+    from data import load_mnist
     from measures import importance_log_weights, importance_weighted_bound, per_image_negative_elbo
-    from optimization import make_optimizer
+    from plumbing.arrays import MNIST_IMAGE_SHAPE
+    from plumbing.optimizer import make_optimizer
 
     (x_train, _), (x_test, _) = load_mnist(real_mnist_path)
     x_train, x_test = x_train[:3200], x_test[:1000]
@@ -147,8 +148,9 @@ def test_the_same_seed_gives_the_same_first_epoch(fake_mnist_path):
     import keras
 
     from cvae import build_cvae
-    from data import MNIST_IMAGE_SHAPE, load_mnist
-    from optimization import make_optimizer
+    from data import load_mnist
+    from plumbing.arrays import MNIST_IMAGE_SHAPE
+    from plumbing.optimizer import make_optimizer
 
     (x_train, _), _ = load_mnist(fake_mnist_path)
     losses = []
@@ -222,7 +224,7 @@ def test_the_readme_snippet_loads_the_exported_models_without_the_project(finish
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "(16, 28, 28, 1) (16, 2)" in result.stdout
-    from run_files import load_run
+    from plumbing.run_folder import load_run
 
     _, model = load_run(str(out_dir))
     np.testing.assert_allclose(np.load(tmp_path / "images.npy"),
@@ -266,7 +268,7 @@ def test_the_exported_decoder_gives_the_same_images_on_other_backends(finished_r
                             capture_output=True, text=True,
                             env={**os.environ, "KERAS_BACKEND": backend})
     assert result.returncode == 0, result.stderr[-2000:]
-    from run_files import load_run
+    from plumbing.run_folder import load_run
 
     _, model = load_run(str(out_dir))
     np.testing.assert_allclose(np.load(tmp_path / "images.npy"),

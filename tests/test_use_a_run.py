@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import fake_mnist_arrays, run_script
-from test_data import coloured_squares, write_images, write_npz
+from conftest import coloured_squares, fake_mnist_arrays, run_script, write_images, write_npz
 
 pytestmark = pytest.mark.slow
 
@@ -155,7 +154,7 @@ def test_a_conditional_run_draws_and_scores_the_class_asked_for(conditional_run,
     assert result.returncode == 0, result.stderr[-2000:]
     assert "class 7" in result.stdout or (tmp_path / "sevens" / "sample_0004.png").exists()
     # The conditional decoder takes the class: other classes decode the same z differently.
-    from run_files import load_run
+    from plumbing.run_folder import load_run
 
     _, model = load_run(str(run))
     z = np.zeros((2, 2), "float32")

@@ -26,12 +26,17 @@ What the engines need from the rest of the project, and why:
   independent and the same as one device's.
 - predicting: a TensorFlow model built under a strategy returns every row once per replica from
   predict_on_batch, and JAX splits a prediction batch like a training batch; measures.py calls
-  a replicated model directly instead (replicated).
+  a replicated model directly instead (cvae.is_replicated).
 """
 
 import contextlib
 import math
 import os
+
+from plumbing.errors import require
+
+# Keras, and the model that loads it, are imported inside the functions: train.py checks its
+# distribute setting against DISTRIBUTIONS before Keras may load.
 
 DISTRIBUTIONS = (None, "data_parallel")
 # The variables with which JAX joins a multi-host job; keras.distribution.initialize reads them.
@@ -49,8 +54,6 @@ def start(distribute, virtual_devices=None):
     can be tried and tested on a machine without accelerators.
     """
     import keras
-
-    from configurator import require
 
     if distribute is None:
         require(virtual_devices is None, "virtual_devices is for distribute=data_parallel; "
@@ -94,8 +97,6 @@ def _start_tensorflow(virtual_devices):
             cpu, [tf.config.LogicalDeviceConfiguration()] * virtual_devices)
     import keras
 
-    from configurator import require
-
     # Refused rather than attempted: two workers on one machine, each running this command with
     # its TF_CONFIG, both failed in their first step inside Keras 3.15.1's fit(), which takes
     # the mean of the scalar per-step logs over an axis 0 they do not have (reduce_per_replica).
@@ -110,47 +111,12 @@ def _start_tensorflow(virtual_devices):
     return strategy.num_replicas_in_sync, strategy.scope
 
 
-def replicas_in_sync():
-    """How many TensorFlow replicas each compute one share of the batch right now (1 outside a
-    tf.distribute strategy, and always 1 on JAX, whose training step sees the whole batch)."""
-    import keras
-
-    if keras.backend.backend() != "tensorflow":
-        return 1
-    import tensorflow as tf
-
-    return tf.distribute.get_strategy().num_replicas_in_sync
-
-
-def replica_slice(local_batch):
-    """(offset, global batch) of this replica's share of the batch, assuming the even split
-    that even_batches guarantees; (0, local_batch) wherever the step sees the whole batch."""
-    replicas = replicas_in_sync()
-    if replicas == 1:
-        return 0, local_batch
-    import tensorflow as tf
-
-    context = tf.distribute.get_replica_context()
-    if context is None:  # the whole batch, as when Keras builds the model on a sample of it
-        return 0, local_batch
-    return context.replica_id_in_sync_group * local_batch, replicas * local_batch
-
-
-def replicated(model):
-    """True when the model's predictions would go through a data-parallel engine."""
-    import keras
-
-    if keras.backend.backend() == "jax":
-        return keras.distribution.distribution() is not None
-    if keras.backend.backend() == "tensorflow":
-        return model.distribute_strategy.num_replicas_in_sync > 1
-    return False
-
-
 def on_one_device(model, build):
     """model itself when it is not replicated, else a copy of it built by build() outside any
     engine, holding its current weights: for the evaluation, which then sees every image."""
-    if not replicated(model):
+    from cvae import is_replicated
+
+    if not is_replicated(model):
         return model
     copy = build()
     copy.set_weights(model.get_weights())

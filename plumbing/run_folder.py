@@ -1,15 +1,25 @@
-"""What a run folder holds, and how it is written and read back.
+"""What a run folder holds, and how a run's model is built, saved and loaded from it.
 
-Every file is written to a temporary name in the same folder and then renamed over the target
-(os.replace is atomic on POSIX and Windows), so a crash never leaves a half-written file for a
-later run or evaluate.py to read.
+Every file goes through atomic_files, so a crash never leaves a half-written one for a resumed
+run or evaluate.py to read.
 """
 
 import csv
-import json
 import os
-import re
-import tempfile
+import shutil
+import sys
+
+import keras
+
+from cvae import build_cvae
+from plumbing.arrays import MNIST_IMAGE_SHAPE
+from plumbing.atomic_files import (
+    atomic_path,
+    read_json,
+    remove_stale_temporaries,
+    write_atomically,
+)
+from plumbing.errors import ConfigError, RunError
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "cvae.weights.h5"
@@ -33,52 +43,10 @@ RUN_FILES = (CONFIG_FILE, WEIGHTS_FILE, ENCODER_FILE, DECODER_FILE, HISTORY_FILE
 GENERATED_FOLDER = "generated"  # what sample.py writes by default
 TENSORBOARD_FOLDER = "tensorboard"  # with tensorboard=True
 RUN_FOLDERS = (SNAPSHOT_FOLDER, BACKUP_FOLDER, GENERATED_FOLDER, TENSORBOARD_FOLDER)
-# The names atomic_path() makes: ".<name>.<8 random characters from mkstemp>.tmp<extension>".
-_TEMPORARY_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9.]+)?$")
-# Read once: os.umask can only be read by setting it, which must not race other threads.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def atomic_path(final_path):
-    """A fresh temporary path beside final_path, keeping its extension (Keras checks it)."""
-    folder, name = os.path.split(os.path.abspath(final_path))
-    handle, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp" + _extension(name),
-                                         dir=folder)
-    os.close(handle)
-    return temporary
-
-
-def _extension(name):
-    return ".weights.h5" if name.endswith(".weights.h5") else os.path.splitext(name)[1]
-
-
-def write_atomically(final_path, write):
-    """Call write(temporary_path), then rename the result onto final_path."""
-    temporary = atomic_path(final_path)
-    try:
-        write(temporary)
-        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes owner-only files
-        os.replace(temporary, final_path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-    return final_path
-
-
-def remove_stale_temporaries(folder):
-    """Delete the temporary files of writes that a crash cut short (never read by anything)."""
-    if not os.path.isdir(folder):
-        return
-    for name in os.listdir(folder):
-        if _TEMPORARY_NAME.match(name):
-            os.remove(os.path.join(folder, name))
 
 
 def remove_run(folder):
     """Delete every file and folder a run writes in `folder`, and nothing else."""
-    import shutil
-
     for name in RUN_FOLDERS:
         shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
     for name in RUN_FILES:
@@ -88,8 +56,6 @@ def remove_run(folder):
 
 def finish_run(folder):
     """Mark a run finished: until its backup is removed, running train.py again resumes it."""
-    import shutil
-
     shutil.rmtree(os.path.join(folder, BACKUP_FOLDER), ignore_errors=True)
 
 
@@ -109,19 +75,6 @@ def lock_run_folder(folder):
 
 
 _held_locks = []
-
-
-def write_json(path, data):
-    def write(temporary):
-        with open(temporary, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
-    return write_atomically(path, write)
-
-
-def read_json(path):
-    with open(path) as f:
-        return json.load(f)
 
 
 def read_history(path):
@@ -144,21 +97,13 @@ def training_complete(folder, epochs):
 
 
 # ---- a run's model: built from config.json, saved and loaded as weights only -------------------
-class RunError(Exception):
-    """A run folder cannot be used; the message says why and what to do."""
-
-
 def image_shape_of(config):
     """The image shape a run was trained on (runs made before other datasets were MNIST's)."""
-    from data import MNIST_IMAGE_SHAPE
-
     return tuple(config.get("data", {}).get("image_shape", MNIST_IMAGE_SHAPE))
 
 
 def build_model(config, seed=None):
     """A fresh CVAE of the architecture, latent size and image shape that config describes."""
-    from cvae import build_cvae
-
     num_classes = None
     if config.get("conditional"):
         num_classes = len(config["data"]["class_names"])
@@ -166,28 +111,8 @@ def build_model(config, seed=None):
                       config.get("architecture", "article"), seed=seed, num_classes=num_classes)
 
 
-def class_label(name_or_index, config):
-    """The label of a class of a conditional run, by name or index (sample.py and score.py's
-    --class_name); None when none is given."""
-    from configurator import require
-
-    if name_or_index is None:
-        return None
-    require(config.get("conditional"), "--class_name is for a conditional run (trained with "
-                                       "--conditional=True); this one models every class at once.")
-    names = config["data"]["class_names"]
-    if name_or_index in names:
-        return names.index(name_or_index)
-    require(name_or_index.isdigit() and int(name_or_index) < len(names),
-            f"--class_name={name_or_index!r} names no class of this run. Its classes: "
-            f"{', '.join(names)} (or an index, 0 to {len(names) - 1}).")
-    return int(name_or_index)
-
-
 def save_trained_model(model, config, run_dir):
     """Write the weights (no optimizer state) and the portable encoder and decoder, atomically."""
-    import keras
-
     # A fresh, uncompiled float32 copy holds just the model's variables: half the size, loadable
     # into a model built from config.json, and exported without a 16-bit policy baked in.
     policy = keras.mixed_precision.dtype_policy()
@@ -208,8 +133,6 @@ def load_run(run_dir):
     This is how any code uses a trained run: the model is built from config.json and the
     weights, an HDF5 file of arrays (loading it runs no code), are loaded into it.
     """
-    import sys
-
     config_path = os.path.join(run_dir, CONFIG_FILE)
     weights_path = os.path.join(run_dir, WEIGHTS_FILE)
     if not os.path.isfile(config_path):
@@ -244,8 +167,6 @@ def load_run(run_dir):
 def require_same_data(run_dir, old_data, new_data):
     """Refuse to resume or evaluate a run whose data has changed since it was trained (images
     added to a folder would move between the splits; another size would not fit the model)."""
-    from configurator import ConfigError
-
     changed = [f"{key}: {old_data[key]!r} then, {new_data[key]!r} now" for key in new_data
                if key in (old_data or {}) and old_data[key] != new_data[key]]
     if changed:
@@ -262,8 +183,6 @@ def prepare_out_dir(out_dir, config):
     A run made with other hyperparameters is refused unless overwrite=True (train.py deletes it
     once the data is checked); an unfinished one with the same hyperparameters is resumed.
     """
-    from configurator import ConfigError
-
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ConfigError(f"out_dir {out_dir!r} is a file, not a folder. Name a folder (it is "
                           f"created if missing) with --out_dir=...")
@@ -276,13 +195,13 @@ def prepare_out_dir(out_dir, config):
     if not lock_run_folder(out_dir):
         raise ConfigError(f"Another train.py is running in {out_dir!r}. Wait for it to end, or "
                           f"choose another --out_dir.")
-    path = lambda name: os.path.join(out_dir, name)  # noqa: E731
-    if not config["overwrite"] and os.path.exists(path(CONFIG_FILE)):
+    config_path = os.path.join(out_dir, CONFIG_FILE)
+    if not config["overwrite"] and os.path.exists(config_path):
         try:
-            old = read_json(path(CONFIG_FILE))
+            old = read_json(config_path)
             assert isinstance(old, dict)
         except (ValueError, AssertionError):
-            raise ConfigError(f"{path(CONFIG_FILE)!r} is not a run configuration, so the run in "
+            raise ConfigError(f"{config_path!r} is not a run configuration, so the run in "
                               f"{out_dir!r} cannot be checked. Choose another --out_dir, or pass "
                               f"--overwrite=True to replace it.") from None
         # The devices may change between attempts: the numbers do not depend on them.
@@ -294,11 +213,13 @@ def prepare_out_dir(out_dir, config):
                 f"{out_dir!r} already holds a run with other hyperparameters "
                 f"({'; '.join(f'{k}: {old.get(k)!r} there, {config[k]!r} now' for k in changed)})."
                 f" Choose another --out_dir, or pass --overwrite=True to replace that run.")
-        if os.path.exists(path(METRICS_FILE)) and training_complete(out_dir, config["epochs"]):
+        finished = training_complete(out_dir, config["epochs"])
+        if finished and os.path.exists(os.path.join(out_dir, METRICS_FILE)):
             print(f"{out_dir!r} already holds this run, finished. Nothing to do: look at its "
                   f"figures, run `python evaluate.py {out_dir}` to evaluate it again, or pass "
                   f"--overwrite=True to train it again from scratch.")
             return False
-    for folder in (out_dir, path(BACKUP_FOLDER), path(SNAPSHOT_FOLDER)):
+    for folder in (out_dir, os.path.join(out_dir, BACKUP_FOLDER),
+                   os.path.join(out_dir, SNAPSHOT_FOLDER)):
         remove_stale_temporaries(folder)
     return True

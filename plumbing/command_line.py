@@ -1,23 +1,24 @@
-"""Command-line overrides of train.py's hyperparameters: `python train.py --epochs=1 --seed=3`.
+"""The command line every script shares: `python train.py --epochs=1 --seed=3`, the run folder a
+script works on, the rules a setting must follow, and one paragraph instead of a traceback.
 
-Every key must be one of the hyperparameters and every value must parse as that
-hyperparameter's type (an int where the default is an int, and so on; `None` is accepted where
-the default is None). Range checks come after, in validate(), so that nothing starts on a value
+Every key must be one of the script's settings and every value must parse as that setting's type
+(an int where the default is an int, and so on; `None` is accepted where the default is None).
+Range checks come after, from a table of rules (check_rules), so that nothing starts on a value
 that would fail an hour later.
 """
 
 import math
+import os
+import sys
 
-
-class ConfigError(Exception):
-    """A hyperparameter is unknown or invalid; the message says which and what is allowed."""
+from plumbing.errors import ConfigError, ExplainedError
 
 
 def parse_overrides(defaults, argv, types_of_none_defaults):
     """Return a copy of `defaults` with the `--key=value` arguments of argv applied.
 
-    types_of_none_defaults: for hyperparameters whose default is None, the type a given value
-    must have (for example {"data_path": str, "train_subset": int}).
+    types_of_none_defaults: for settings whose default is None, the type a given value must have
+    (for example {"data_path": str, "train_subset": int}).
     """
     config = dict(defaults)
     for argument in argv:
@@ -62,22 +63,35 @@ def _parse_value(key, text, wanted, allow_none):
         ) from None
 
 
-def require(condition, message):
-    """Raise ConfigError(message) unless condition holds; for range checks."""
-    if not condition:
-        raise ConfigError(message)
+def check_rules(config, rules):
+    """Refuse the first setting that breaks its rule. rules: (name, test, allowed) triples, where
+    test(value) says whether the value is allowed and `allowed` says in words what is."""
+    for name, test, allowed in rules:
+        if not test(config[name]):
+            raise ConfigError(f"{name} must be {allowed}, not {config[name]!r}.")
+
+
+def split_run_dir(argv, usage, default=None):
+    """(run folder, the other arguments) of `python SCRIPT.py RUN_DIR [--key=value ...]`: the
+    first argument when it is not a --key=value, else default (ConfigError saying usage when
+    there is no default)."""
+    if argv and not argv[0].startswith("--"):
+        return argv[0], argv[1:]
+    if default is None:
+        raise ConfigError(f"Give the run folder first: {usage}.")
+    return default, argv
+
+
+def quiet_tensorflow():
+    """Keep TensorFlow's start-up chatter out of the output (call before Keras is imported)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def run_command(main):
-    """Run a command's main(argv) and exit with its code; a ConfigError, DataError or RunError
-    (the errors that explain themselves) becomes one paragraph on stderr and exit code 2."""
-    import sys
-
-    from data import DataError
-    from run_files import RunError
-
+    """Run a command's main(argv) and exit with its code; an ExplainedError (ConfigError,
+    DataError, RunError) becomes one paragraph on stderr and exit code 2."""
     try:
         sys.exit(main(sys.argv[1:]))
-    except (ConfigError, DataError, RunError) as error:
+    except ExplainedError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -1,0 +1,15 @@
+"""The plumbing under the VAE: what every script needs and none of the VAE's story tells.
+
+One job per file, the lower ones first (each imports only those above it in this list):
+    errors.py        the errors that explain themselves, and require()
+    atomic_files.py  files written whole or not at all
+    arrays.py        .npz files, the local copies of Keras datasets, and their checks
+    image_files.py   image files on disk: listing, decoding, the one preprocessing
+    batches.py       every pipeline that feeds fit(), streamed ones included
+    run_folder.py    what a run folder holds; build, save and load a run's model
+    devices.py       data-parallel training across devices
+    optimizer.py     the optimizer and its learning-rate schedule
+    stopping.py      how a run stops: NaN, Ctrl-C, SIGTERM, and what it says then
+    recording.py     what a run records: backup, history, epoch times, TensorBoard
+    command_line.py  --key=value settings, their rules, RUN_DIR, one paragraph per error
+"""
