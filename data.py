@@ -103,41 +103,19 @@ def load_dataset(dataset="mnist", data_path=None, image_size=None, channels=None
     stream: None (stream a folder when its pixels exceed plumbing/arrays.py's MEMORY_BUDGET),
     True, False.
     """
-    if dataset in KERAS_DATASETS:
-        loaded = arrays.keras_dataset_arrays(dataset, data_path)
-        class_names = arrays.CLASS_NAMES[dataset]
-        description = dataset if data_path is None else f"{dataset} from {data_path}"
-    elif os.path.isdir(dataset):
-        return _load_folder(dataset, image_size, channels, test_fraction, seed, stream)
-    elif os.path.isfile(dataset):
-        loaded = arrays.read_npz(dataset, required=("x_train",))
-        class_names, description = loaded.pop("class_names", None), dataset
-        if class_names is not None:
-            class_names = [str(name) for name in class_names]
-    else:
-        raise DataError(
-            f"dataset={dataset!r} is neither a known dataset name ({', '.join(KERAS_DATASETS)}) "
-            f"nor an existing .npz file or folder of images. Check the spelling or the path (a "
-            f"relative path is taken from {os.getcwd()!r}).")
-    x_train, y_train, x_test, y_test = arrays.check_arrays(loaded, class_names, description)
-    if y_train is not None and class_names is None:
-        # Labels without names: the label numbers name the classes.
-        class_names = [str(label) for label in range(int(y_train.max()) + 1)]
-    if x_test is None:
-        (x_train, y_train), (x_test, y_test) = _split(x_train, y_train, test_fraction, seed,
-                                                      description)
-    target = x_train.shape[1:3] if image_size is None else (image_size, image_size)
-    target_bytes = 4 * (len(x_train) + len(x_test)) * target[0] * target[1] * (
-        channels or x_train.shape[-1])
-    if target_bytes > arrays.MEMORY_BUDGET:
-        raise arrays.too_large(
-            f"{description} at {target[0]}x{target[1]} pixels", target_bytes,
-            "Choose a smaller --image_size, or write the images out as files in a folder and "
-            "pass the folder as --dataset: a folder that large is streamed from disk.")
-    size = None if image_size is None else (image_size, image_size)
-    x_train, x_test = (arrays.convert_arrays(x, size, channels) for x in (x_train, x_test))
-    return ImageData(x_train.shape[1:], x_train, y_train, x_test, y_test, class_names,
-                     description)
+    if dataset in KERAS_DATASETS or os.path.isfile(dataset):
+        x_train, y_train, x_test, y_test, class_names, description = arrays.load_arrays(
+            dataset, data_path, image_size, channels, test_fraction, seed)
+        return ImageData(x_train.shape[1:], x_train, y_train, x_test, y_test, class_names,
+                         description)
+    if os.path.isdir(dataset):
+        folder = image_files.load_folder(dataset, image_size, channels, test_fraction, seed,
+                                         stream)
+        return ImageData(**folder, description=f"the folder {dataset!r}")
+    raise DataError(
+        f"dataset={dataset!r} is neither a known dataset name ({', '.join(KERAS_DATASETS)}) "
+        f"nor an existing .npz file or folder of images. Check the spelling or the path (a "
+        f"relative path is taken from {os.getcwd()!r}).")
 
 
 def load_dataset_of_run(config):
@@ -153,100 +131,6 @@ def load_mnist(data_path=None):
     """((x_train, y_train), (x_test, y_test)) of MNIST as float32 (N, 28, 28, 1) in [0, 1]."""
     data = load_dataset("mnist", data_path)
     return (data.x_train, data.y_train), (data.x_test, data.y_test)
-
-
-def _split(x, y, test_fraction, seed, source):
-    """A reproducible random hold-out of round(test_fraction * N) images (at least one)."""
-    # At least two test images: the evaluation's standard errors and figures need two.
-    n_test = max(2, round(test_fraction * len(x)))
-    if len(x) - n_test < 1:
-        raise DataError(f"{source} holds {len(x)} image(s): too few to hold out a test split of "
-                        f"at least two and train on the rest. Give at least three images.")
-    order = np.random.default_rng(seed).permutation(len(x))
-    test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
-    def pick(values, index):
-        return None if values is None else values[index]
-
-    return (pick(x, train), pick(y, train)), (pick(x, test), pick(y, test))
-
-
-# ---- folders of image files --------------------------------------------------------------------
-def _load_folder(root, image_size, channels, test_fraction, seed, stream):
-    description = f"the folder {root!r}"
-    train_files, train_labels, test_files, test_labels, class_names = _list_splits(root)
-    size, channels = image_files.choose_shape(root, train_files + test_files, image_size,
-                                              channels)
-    bytes_per_image = 4 * size[0] * size[1] * channels
-    train_share = 1.0 if test_files else 1.0 - test_fraction
-    if stream is None:
-        stream = train_share * len(train_files) * bytes_per_image > arrays.MEMORY_BUDGET
-    # Every file is decoded once here, so that unreadable ones are dropped before the split.
-    train_files, train_labels, x_train = image_files.decode_all(
-        train_files, train_labels, size, channels, keep=not stream)
-    if test_files:
-        test_files, test_labels, x_test = image_files.decode_all(
-            test_files, test_labels, size, channels, keep=False)
-    else:
-        # No train/ + test/ pair: a reproducible share of the images is held out.
-        (train_index, train_labels), (test_index, test_labels) = _split(
-            np.arange(len(train_files)), train_labels, test_fraction, seed, description)
-        test_files = [train_files[i] for i in test_index]
-        if x_train is not None:
-            x_train = x_train[train_index]
-        train_files = [train_files[i] for i in train_index]
-    x_test = _load_test_files(test_files, size, channels, description)
-    # A seeded order, so that train_subset takes images of every class, not the first folders.
-    order = np.random.default_rng(seed).permutation(len(train_files))
-    train_files = [train_files[i] for i in order]
-    train_labels = None if train_labels is None else train_labels[order]
-    x_train = None if x_train is None else x_train[order]
-    if stream:
-        print(f"Streaming the {len(train_files)} training images from disk in each epoch "
-              f"(as float32 they would take {len(train_files) * bytes_per_image / 2**30:.2f} "
-              f"GiB).")
-    return ImageData((*size, channels), x_train, train_labels, x_test, test_labels, class_names,
-                     description, train_files=train_files if stream else None)
-
-
-def _list_splits(root):
-    """(train files, their labels, test files, their labels, class names) of a folder: train/
-    and test/ subfolders, or one pool of images ([] test files) to be split."""
-    splits = {name.lower(): os.path.join(root, name) for name in image_files.subfolders(root)}
-    if {"train", "test"} < set(splits):
-        others = ", ".join(f"{name}/" for name in sorted(set(splits) - {"train", "test"}))
-        raise DataError(f"{root!r} has train/ and test/ and also {others}: a split folder holds "
-                        f"just train/ and test/. Move the others (a validation split, say) into "
-                        f"one of the two, or out of {root!r}.")
-    if set(splits) != {"train", "test"}:
-        train_files, train_labels, class_names = image_files.list_images(root)
-        return train_files, train_labels, [], None, class_names
-    train_files, train_labels, class_names = image_files.list_images(splits["train"])
-    test_files, test_labels, test_names = image_files.list_images(splits["test"])
-    if (class_names is None) != (test_names is None):
-        raise DataError(f"In {root!r}, only one of train/ and test/ has class subfolders: "
-                        f"give both class subfolders, or neither.")
-    if class_names is not None:
-        unknown = sorted(set(test_names) - set(class_names))
-        if unknown:
-            raise DataError(f"In {root!r}, test/ has the class(es) {', '.join(unknown)}, "
-                            f"which train/ lacks: every test class needs training images.")
-        test_labels = np.array([class_names.index(test_names[i]) for i in test_labels])
-    return train_files, train_labels, test_files, test_labels, class_names
-
-
-def _load_test_files(test_files, size, channels, description):
-    """The test split, decoded into memory: the evaluation scores every test image."""
-    bytes_per_image = 4 * size[0] * size[1] * channels
-    if len(test_files) < 2:
-        raise DataError(f"The test split of {description} holds {len(test_files)} readable "
-                        f"image(s); the evaluation needs at least two. Add test images.")
-    if len(test_files) * bytes_per_image > arrays.MEMORY_BUDGET:
-        raise arrays.too_large(
-            f"The {len(test_files)} test images of {description}",
-            len(test_files) * bytes_per_image,
-            "The evaluation holds the test split in memory: lower --test_fraction or "
-            "--image_size, or move images out of test/.")
-    return np.stack([image_files.prepare_file(path, size, channels) for path in test_files])
 
 
 # ---- classes -------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from plumbing.command_line import (
     run_command,
     split_run_dir,
 )
-from plumbing.errors import ConfigError, DataError, RunError, require
+from plumbing.errors import DataError, RunError, require
 
 SCORE_DEFAULTS = {
     "percentile": 99.0,  # an image above this percentile of the test-split scores is anomalous
@@ -49,10 +49,10 @@ USAGE = "python score.py RUN_DIR INPUT... [--percentile=99]"
 
 
 def main(argv):
-    run_dir, inputs = split_run_dir([a for a in argv if not a.startswith("--")], USAGE)
-    if not inputs:
-        raise ConfigError(f"Give the run folder and at least one image file, folder or .npz: "
-                          f"{USAGE}.")
+    positional = [argument for argument in argv if not argument.startswith("--")]
+    require(len(positional) >= 2, f"Give the run folder and at least one image file, folder or "
+                                  f".npz: {USAGE}.")
+    run_dir, inputs = split_run_dir(positional, USAGE)
     settings = parse_overrides(SCORE_DEFAULTS, [a for a in argv if a.startswith("--")],
                                {"out": str, "figures": str, "latents": str, "class_name": str})
     check_rules(settings, SCORE_RULES)

@@ -31,6 +31,54 @@ ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
 MEMORY_BUDGET = min(4 * 2**30, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4)
 
 
+def load_arrays(dataset, data_path, image_size, channels, test_fraction, seed):
+    """(x_train, y_train, x_test, y_test, class_names, description) of a named Keras dataset
+    (its local copy data_path, or a download) or of an .npz file: checked, split when it has no
+    test split, and converted to model input (see data.load_dataset for the arguments)."""
+    if dataset in KERAS_DATASETS:
+        loaded = keras_dataset_arrays(dataset, data_path)
+        class_names = CLASS_NAMES[dataset]
+        description = dataset if data_path is None else f"{dataset} from {data_path}"
+    else:
+        loaded = read_npz(dataset, required=("x_train",))
+        class_names, description = loaded.pop("class_names", None), dataset
+        if class_names is not None:
+            class_names = [str(name) for name in class_names]
+    x_train, y_train, x_test, y_test = check_arrays(loaded, class_names, description)
+    if y_train is not None and class_names is None:
+        # Labels without names: the label numbers name the classes.
+        class_names = [str(label) for label in range(int(y_train.max()) + 1)]
+    if x_test is None:
+        (x_train, y_train), (x_test, y_test) = hold_out(x_train, y_train, test_fraction, seed,
+                                                        description)
+    target = x_train.shape[1:3] if image_size is None else (image_size, image_size)
+    target_bytes = 4 * (len(x_train) + len(x_test)) * target[0] * target[1] * (
+        channels or x_train.shape[-1])
+    if target_bytes > MEMORY_BUDGET:
+        raise too_large(
+            f"{description} at {target[0]}x{target[1]} pixels", target_bytes,
+            "Choose a smaller --image_size, or write the images out as files in a folder and "
+            "pass the folder as --dataset: a folder that large is streamed from disk.")
+    size = None if image_size is None else (image_size, image_size)
+    x_train, x_test = (convert_arrays(x, size, channels) for x in (x_train, x_test))
+    return x_train, y_train, x_test, y_test, class_names, description
+
+
+def hold_out(x, y, test_fraction, seed, source):
+    """A reproducible random hold-out of round(test_fraction * N) images (at least one)."""
+    # At least two test images: the evaluation's standard errors and figures need two.
+    n_test = max(2, round(test_fraction * len(x)))
+    if len(x) - n_test < 1:
+        raise DataError(f"{source} holds {len(x)} image(s): too few to hold out a test split of "
+                        f"at least two and train on the rest. Give at least three images.")
+    order = np.random.default_rng(seed).permutation(len(x))
+    test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
+    def pick(values, index):
+        return None if values is None else values[index]
+
+    return (pick(x, train), pick(y, train)), (pick(x, test), pick(y, test))
+
+
 def too_large(what, size_bytes, advice):
     return DataError(f"{what} would take {size_bytes / 2**30:.1f} GiB as float32, more than the "
                      f"{MEMORY_BUDGET / 2**30:.1f} GiB this machine can spare. {advice}")

@@ -1,5 +1,6 @@
-"""Image files on disk: the one preprocessing every file goes through, and the scan of a folder
-of them (its class subfolders, the image size to use, the files that cannot be read).
+"""Image files on disk: the one preprocessing every file goes through, and a folder of them loaded
+as a run's data (its train/ and test/ or class subfolders, the image size to use, the files that
+cannot be read, whether to stream it).
 
 prepare_file() is the only code that turns an image file into model input, whether the file is
 part of a training folder, is read batch by batch while streaming, or is scored later: the same
@@ -14,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from plumbing import arrays
 from plumbing.errors import DataError
 
 # The formats Keras's image_dataset_from_directory reads; the extension's letter case is ignored.
@@ -104,7 +106,88 @@ def list_class_folder(root):
     return images, others
 
 
-# ---- a folder of image files, scanned ----------------------------------------------------------
+# ---- a folder of image files, loaded -----------------------------------------------------------
+def load_folder(root, image_size, channels, test_fraction, seed, stream):
+    """The fields of data.ImageData but its description, from a folder of image files: its
+    train/ and test/ subfolders, or a seeded share of its images held out for testing (see
+    data.load_dataset for the arguments)."""
+    description = f"the folder {root!r}"
+    train_files, train_labels, test_files, test_labels, class_names = _list_splits(root)
+    size, channels = choose_shape(root, train_files + test_files, image_size, channels)
+    bytes_per_image = 4 * size[0] * size[1] * channels
+    train_share = 1.0 if test_files else 1.0 - test_fraction
+    if stream is None:
+        stream = train_share * len(train_files) * bytes_per_image > arrays.MEMORY_BUDGET
+    # Every file is decoded once here, so that unreadable ones are dropped before the split.
+    train_files, train_labels, x_train = decode_all(
+        train_files, train_labels, size, channels, keep=not stream)
+    if test_files:
+        test_files, test_labels, x_test = decode_all(
+            test_files, test_labels, size, channels, keep=False)
+    else:
+        # No train/ + test/ pair: a reproducible share of the images is held out.
+        (train_index, train_labels), (test_index, test_labels) = arrays.hold_out(
+            np.arange(len(train_files)), train_labels, test_fraction, seed, description)
+        test_files = [train_files[i] for i in test_index]
+        if x_train is not None:
+            x_train = x_train[train_index]
+        train_files = [train_files[i] for i in train_index]
+    x_test = _load_test_files(test_files, size, channels, description)
+    # A seeded order, so that train_subset takes images of every class, not the first folders.
+    order = np.random.default_rng(seed).permutation(len(train_files))
+    train_files = [train_files[i] for i in order]
+    train_labels = None if train_labels is None else train_labels[order]
+    x_train = None if x_train is None else x_train[order]
+    if stream:
+        print(f"Streaming the {len(train_files)} training images from disk in each epoch "
+              f"(as float32 they would take {len(train_files) * bytes_per_image / 2**30:.2f} "
+              f"GiB).")
+    return {"image_shape": (*size, channels), "x_train": x_train, "y_train": train_labels,
+            "x_test": x_test, "y_test": test_labels, "class_names": class_names,
+            "train_files": train_files if stream else None}
+
+
+def _list_splits(root):
+    """(train files, their labels, test files, their labels, class names) of a folder: train/
+    and test/ subfolders, or one pool of images ([] test files) to be split."""
+    splits = {name.lower(): os.path.join(root, name) for name in subfolders(root)}
+    if {"train", "test"} < set(splits):
+        others = ", ".join(f"{name}/" for name in sorted(set(splits) - {"train", "test"}))
+        raise DataError(f"{root!r} has train/ and test/ and also {others}: a split folder holds "
+                        f"just train/ and test/. Move the others (a validation split, say) into "
+                        f"one of the two, or out of {root!r}.")
+    if set(splits) != {"train", "test"}:
+        train_files, train_labels, class_names = list_images(root)
+        return train_files, train_labels, [], None, class_names
+    train_files, train_labels, class_names = list_images(splits["train"])
+    test_files, test_labels, test_names = list_images(splits["test"])
+    if (class_names is None) != (test_names is None):
+        raise DataError(f"In {root!r}, only one of train/ and test/ has class subfolders: "
+                        f"give both class subfolders, or neither.")
+    if class_names is not None:
+        unknown = sorted(set(test_names) - set(class_names))
+        if unknown:
+            raise DataError(f"In {root!r}, test/ has the class(es) {', '.join(unknown)}, "
+                            f"which train/ lacks: every test class needs training images.")
+        test_labels = np.array([class_names.index(test_names[i]) for i in test_labels])
+    return train_files, train_labels, test_files, test_labels, class_names
+
+
+def _load_test_files(test_files, size, channels, description):
+    """The test split, decoded into memory: the evaluation scores every test image."""
+    bytes_per_image = 4 * size[0] * size[1] * channels
+    if len(test_files) < 2:
+        raise DataError(f"The test split of {description} holds {len(test_files)} readable "
+                        f"image(s); the evaluation needs at least two. Add test images.")
+    if len(test_files) * bytes_per_image > arrays.MEMORY_BUDGET:
+        raise arrays.too_large(
+            f"The {len(test_files)} test images of {description}",
+            len(test_files) * bytes_per_image,
+            "The evaluation holds the test split in memory: lower --test_fraction or "
+            "--image_size, or move images out of test/.")
+    return np.stack([prepare_file(path, size, channels) for path in test_files])
+
+
 def subfolders(folder):
     """The folder's subfolders, sorted, hidden ones left out."""
     return sorted(name for name in os.listdir(folder)
