@@ -174,20 +174,12 @@ def training_record(history_path):
 
 
 # ---- the figures ---------------------------------------------------------------------------------
-def latent_dims_shown(kl_per_dimension):
-    """The two latent dimensions the figures show: both when there are two (or the one twice),
-    else the two with the largest KL."""
-    if len(kl_per_dimension) <= 2:
-        return [0, min(1, len(kl_per_dimension) - 1)]
-    return [int(d) for d in np.argsort(kl_per_dimension)[::-1][:2]]
-
-
 def figure_images(model, config, data, z_mean, metrics, settings, rng):
     """Every image the figures show, decoded in a few batched calls: a dict of arrays."""
     import measures
 
     latent_dim = z_mean.shape[1]
-    dims = latent_dims_shown(metrics["kl_per_dimension"])
+    dims = measures.most_informative_dims(metrics["kl_per_dimension"])
     conditional = model.conditional
     shown_x, shown_captions, shown_labels = data.shown_images(seed=config.get("seed", 0))
     shown_labels = shown_labels if conditional else None

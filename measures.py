@@ -8,6 +8,7 @@ NumPy in float64.
 """
 
 import math
+import zlib
 
 import numpy as np
 from keras import ops, tree
@@ -107,6 +108,20 @@ def per_image_negative_elbo(model, x, seed=0, batch_size=EVAL_BATCH_SIZE, labels
                               batch_size, labels)
 
 
+def score_images(model, x, seed=0, labels=None):
+    """(negative ELBO, z_mean, z_log_var) of new images, one row each: the single-sample estimate
+    of elbo_from_encoding, with each image's noise seeded by seed and the image's own pixels. A
+    score then depends on the image alone, not on its file name nor on what else is scored with
+    it, so score.py and the explorer give the same number for the same file."""
+    x = np.asarray(x, dtype="float32")
+    z_mean, z_log_var = encode(model, x, labels=labels)
+    epsilon = np.stack([np.random.default_rng([seed, zlib.crc32(image.tobytes())])
+                        .standard_normal(z_mean.shape[1]) for image in x])
+    reconstruction, kl = elbo_from_encoding(model, x, z_mean, z_log_var, None, labels=labels,
+                                            epsilon=epsilon)
+    return reconstruction + kl, z_mean, z_log_var
+
+
 def bits_per_dim(nats_per_image, image_shape):
     """A per-image negative log-likelihood in nats as bits per dimension (pixel and channel),
     the unit image likelihoods are usually reported in: nats / (H * W * C * ln 2)."""
@@ -195,6 +210,14 @@ def latent_activity(z_mean, z_log_var):
         "active_units": int(np.sum(activity > ACTIVE_UNIT_THRESHOLD)),
         "kl_per_dimension": mean_kl.tolist(),
     }
+
+
+def most_informative_dims(kl_per_dimension):
+    """The two latent dimensions a 2-D figure shows: both when there are two (the one twice
+    when there is one), else the two with the largest KL, the ones that carry the most."""
+    if len(kl_per_dimension) <= 2:
+        return [0, min(1, len(kl_per_dimension) - 1)]
+    return [int(d) for d in np.argsort(kl_per_dimension)[::-1][:2]]
 
 
 def auroc(scores, is_positive):

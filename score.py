@@ -14,7 +14,6 @@ its error in its row and a warning; the others are still scored, and the exit co
 import csv
 import os
 import sys
-import zlib
 
 import numpy as np
 
@@ -104,14 +103,7 @@ def score_images(model, x, names, label, test_scores, threshold, image_shape, se
     import measures
 
     labels = None if label is None else np.full(len(x), label, "int32")
-    z_mean, z_log_var = measures.encode(model, x, labels=labels)
-    # Each image's z sample is seeded by its name, so that its score does not depend on what
-    # else is scored with it.
-    epsilon = np.stack([np.random.default_rng([settings["seed"], zlib.crc32(name.encode())])
-                        .standard_normal(z_mean.shape[1]) for name in names])
-    reconstruction, kl = measures.elbo_from_encoding(
-        model, x, z_mean, z_log_var, None, labels=labels, epsilon=epsilon)
-    scores = reconstruction + kl
+    scores, z_mean, z_log_var = measures.score_images(model, x, settings["seed"], labels)
     rows = [{"path": name, "negative_elbo_nats": f"{score:.4f}",
              "bits_per_dim": f"{measures.bits_per_dim(score, image_shape):.6f}",
              "percentile": f"{100.0 * np.mean(test_scores <= score):.2f}",
