@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from plumbing import arrays, image_files
+from plumbing import arrays, image_files, inspection_folders
 from plumbing.arrays import KERAS_DATASETS
 from plumbing.batches import in_memory_batches, streamed_input
 from plumbing.errors import ConfigError, DataError, require
@@ -29,6 +29,16 @@ class ImageData:
     class_names: list | None
     description: str
     train_files: list | None = None  # the training images' paths, when streamed
+    # An inspection set (plumbing/inspection_folders.py): held-out normal images, and the test
+    # images' defect masks (N, height, width), 1 where defective; has_mask says which have one.
+    x_val: np.ndarray | None = None
+    test_masks: np.ndarray | None = None
+    has_mask: np.ndarray | None = None
+
+    @property
+    def inspection(self):
+        """True for an inspection set: normal training images, labelled defects in the test."""
+        return self.x_val is not None
 
     @property
     def num_train(self):
@@ -87,8 +97,11 @@ class ImageData:
 
     def summary(self):
         """What a run records of its data (config.json's "data"), to notice if it changes."""
-        return {"image_shape": list(self.image_shape), "class_names": self.class_names,
-                "train_images": self.num_train, "test_images": len(self.x_test)}
+        summary = {"image_shape": list(self.image_shape), "class_names": self.class_names,
+                   "train_images": self.num_train, "test_images": len(self.x_test)}
+        if self.inspection:
+            summary["validation_images"] = len(self.x_val)
+        return summary
 
 
 def load_dataset(dataset="mnist", data_path=None, image_size=None, channels=None,
@@ -108,6 +121,10 @@ def load_dataset(dataset="mnist", data_path=None, image_size=None, channels=None
             dataset, data_path, image_size, channels, test_fraction, seed)
         return ImageData(x_train.shape[1:], x_train, y_train, x_test, y_test, class_names,
                          description)
+    if os.path.isdir(dataset) and inspection_folders.is_inspection_folder(dataset):
+        folder = inspection_folders.load_inspection_folder(dataset, image_size, channels,
+                                                           test_fraction, seed)
+        return ImageData(**folder, description=f"the inspection set {dataset!r}")
     if os.path.isdir(dataset):
         folder = image_files.load_folder(dataset, image_size, channels, test_fraction, seed,
                                          stream)

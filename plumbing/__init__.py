@@ -12,4 +12,5 @@ One job per file, the lower ones first (each imports only those above it in this
     stopping.py      how a run stops: NaN, Ctrl-C, SIGTERM, and what it says then
     recording.py     what a run records: backup, history, epoch times, TensorBoard
     command_line.py  --key=value settings, their rules, RUN_DIR, one paragraph per error
+    web_server.py    the local web server under explore.py
 """

@@ -53,7 +53,9 @@ def start_explorer(run_dir):
 
 @pytest.fixture(scope="module")
 def grey_explorer(finished_run):
-    run_dir = finished_run[0]
+    """explore.py on the short fake-MNIST run, or on the grey run $EXPLORE_RUN_DIR names (how
+    the README's screenshot was taken, on a real run)."""
+    run_dir = os.environ.get("EXPLORE_RUN_DIR") or finished_run[0]
     files_before = sorted(os.listdir(run_dir))
     process, address, seconds = start_explorer(run_dir)
     print(f"\nexplore.py ready after {seconds:.1f} s (first start, latents computed)")
@@ -119,11 +121,13 @@ def test_the_page_loads_and_decodes_under_the_pointer(browser, grey_explorer, tm
 def test_an_uploaded_png_gets_the_score_that_score_py_gives(browser, grey_explorer, tmp_path):
     run_dir, address = grey_explorer
     write_images(tmp_path / "digits", fake_mnist_arrays()["x_test"][:1])
-    path = tmp_path / "digits" / "000.png"
+    path = os.environ.get("EXPLORE_UPLOAD") or str(tmp_path / "digits" / "000.png")
     page, errors = open_page(browser, address)
-    page.locator("#file").set_input_files(str(path))
-    shown = wait_for_score(page, "Your image: 000.png")
-    result = run_script("score.py", str(run_dir), str(path), f"--out={tmp_path / 'scores.csv'}")
+    page.locator("#file").set_input_files(path)
+    shown = wait_for_score(page, f"Your image: {os.path.basename(path)}")
+    move_and_wait(page, 320, 200)
+    screenshot(page, "explore_upload.png", tmp_path)
+    result = run_script("score.py", str(run_dir), path, f"--out={tmp_path / 'scores.csv'}")
     assert result.returncode == 0, result.stderr[-2000:]
     with open(tmp_path / "scores.csv") as f:
         row = next(csv.DictReader(f))
