@@ -12,6 +12,7 @@ import zlib
 
 import numpy as np
 from keras import ops, tree
+from scipy import ndimage
 
 from cvae import (
     is_replicated,
@@ -251,3 +252,78 @@ def roc_curve(scores, is_positive):
     tpr = np.r_[0.0, true_positives / max(is_positive.sum(), 1)]
     fpr = np.r_[0.0, false_positives / max((~is_positive).sum(), 1)]
     return fpr, tpr
+
+
+# ---- anomaly detection on labelled defects ------------------------------------------------------
+def anomaly_scores(scorer, x, labels=None, batch_size=32):
+    """(anomaly_score (N,), pixel_loss (N, height, width)) of cvae.build_anomaly_scorer's
+    scorer; batches of 32 images, so that K decodes of each fit in memory."""
+    scores, maps = [], []
+    for start in range(0, len(x), batch_size):
+        score, pixel_loss = scorer.predict_on_batch(_with_labels(x, labels, start,
+                                                                 start + batch_size))
+        scores.append(score)
+        maps.append(pixel_loss)
+    return np.concatenate(scores).astype(np.float64), np.concatenate(maps)
+
+
+def smooth(maps, sigma):
+    """Each (height, width) map blurred by a Gaussian of sigma pixels: a defect spans several
+    pixels, noise one (scipy.ndimage's filter, axis 0 being the images)."""
+    return ndimage.gaussian_filter(np.asarray(maps, dtype=np.float64), sigma=(0, sigma, sigma))
+
+
+def _ranked(scores, is_positive):
+    """(true positives, flagged count, threshold) at every distinct threshold, the highest first:
+    flagging the scores >= threshold flags `flagged` images, `true positives` of them positive."""
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-scores, kind="mergesort")
+    scores, is_positive = scores[order], np.asarray(is_positive, dtype=bool)[order]
+    ends = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
+    return np.cumsum(is_positive)[ends], ends + 1, scores[ends]
+
+
+def average_precision(scores, is_positive):
+    """Area under the precision-recall curve, as the sum over thresholds of precision times the
+    gain in recall (the step-wise definition, without interpolation)."""
+    true_positives, flagged, _ = _ranked(scores, is_positive)
+    recall = true_positives / max(int(np.sum(is_positive)), 1)
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * true_positives / flagged))
+
+
+def f1_max(scores, is_positive):
+    """(the best F1 over every threshold, that threshold): the images scoring at or above it
+    are flagged. An oracle's choice, made with the labels."""
+    true_positives, flagged, thresholds = _ranked(scores, is_positive)
+    f1 = 2 * true_positives / (flagged + int(np.sum(is_positive)))
+    best = int(np.argmax(f1))
+    return float(f1[best]), float(thresholds[best])
+
+
+def aupro(maps, masks, max_fpr=0.3, thresholds=300):
+    """Area under the per-region-overlap curve up to a false-positive rate of max_fpr, divided
+    by max_fpr (Bergmann et al. 2021, "The MVTec Anomaly Detection Dataset", section 4.2).
+
+    At each threshold, PRO is the mean over every connected defect region of the masks of the
+    share of its pixels above the threshold, and the false-positive rate the share of defect-free
+    pixels above it. maps and masks: (N, height, width), masks non-zero where defective.
+    """
+    maps, masks = np.asarray(maps, dtype=np.float64), np.asarray(masks) > 0
+    regions = []
+    for mask, pixel_map in zip(masks, maps):
+        labelled, count = ndimage.label(mask)
+        regions += [np.sort(pixel_map[labelled == region]) for region in range(1, count + 1)]
+    normal = np.sort(maps[~masks])
+    if not regions or not len(normal):
+        raise ValueError("AUPRO needs at least one defect region and one defect-free pixel.")
+    # Thresholds at evenly spaced false-positive rates from 0 to max_fpr.
+    rates = np.linspace(0.0, max_fpr, thresholds)
+    levels = np.quantile(normal, 1.0 - rates)
+    fpr = 1.0 - np.searchsorted(normal, levels, side="right") / len(normal)
+    pro = np.mean([1.0 - np.searchsorted(region, levels, side="right") / len(region)
+                   for region in regions], axis=0)
+    # The curve ends exactly at max_fpr: ties among the defect-free pixels can leave the last
+    # threshold's rate a little short of it, or past it.
+    pro_at_max = np.interp(max_fpr, fpr, pro)
+    keep = fpr < max_fpr
+    return float(np.trapezoid(np.r_[pro[keep], pro_at_max], np.r_[fpr[keep], max_fpr]) / max_fpr)

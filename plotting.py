@@ -302,6 +302,76 @@ def plot_roc(fpr, tpr, auc, holdout_name, path):
     return _save(fig, path)
 
 
+# ---- anomaly detection on labelled defects -----------------------------------------------------
+def plot_anomaly_rocs(curves, path):
+    """curves: {name: (fpr, tpr, auroc)}, each defect kind against the good test images."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for name, (fpr, tpr, auc) in curves.items():
+        ax.plot(fpr, tpr, label=f"{name}: AUROC {auc:.3f}", lw=2 if name == "all defects" else 1)
+    ax.plot([0, 1], [0, 1], "k:", label="chance")
+    ax.set_xlabel("false-positive rate (good images flagged)")
+    ax.set_ylabel("true-positive rate (defective images flagged)")
+    ax.set_title("Image-level ROC of the anomaly score", fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_anomaly_histograms(good, defects, threshold, path):
+    """Score histograms: the good test images against each kind of defect (defects: {kind:
+    scores}), with the stored threshold."""
+    kinds = list(defects)
+    fig, axes = plt.subplots(len(kinds), 1, figsize=(7, 1.9 * len(kinds)), sharex=True,
+                             squeeze=False)
+    everything = np.concatenate([good, *defects.values()])
+    bins = np.linspace(everything.min(), np.percentile(everything, 99.5), 50)
+    for ax, kind in zip(axes[:, 0], kinds):
+        ax.hist(good, bins=bins, density=True, alpha=0.55, label="good", color="tab:blue")
+        ax.hist(defects[kind], bins=bins, density=True, alpha=0.55, label=kind, color="tab:red")
+        ax.axvline(threshold, color="k", ls="--", lw=1, label="threshold")
+        ax.legend(fontsize=8, loc="upper right")
+        ax.set_yticks([])
+    axes[-1, 0].set_xlabel("anomaly score: negative ELBO with fixed draws (nats)")
+    fig.suptitle("Anomaly scores of the test images", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_anomaly_overlays(rows, pixel_threshold, path):
+    """One row per (row name, images, pixel maps, ground-truth masks or None, scores): each image
+    in grey with its pixel map as a heat map over it, the region above pixel_threshold outlined
+    in cyan and the true defect in green, and its score above it."""
+    columns = max(len(row[1]) for row in rows)
+    h, w = np.shape(rows[0][1][0])[:2]
+    size = 1.6
+    fig, axes = plt.subplots(len(rows), columns, figsize=(columns * size, len(rows) * size * 1.1),
+                             squeeze=False)
+    peak = max(float(np.max(row[2])) for row in rows) or 1.0
+    for axes_row, (name, images, maps, masks, scores) in zip(axes, rows):
+        for c, ax in enumerate(axes_row):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(images):
+                ax.axis("off")
+                continue
+            image = np.asarray(images[c])
+            ax.imshow(image[..., 0] if image.shape[-1] == 1 else np.clip(image, 0, 1),
+                      cmap="gray", vmin=0, vmax=1)
+            ax.imshow(maps[c], cmap="inferno", alpha=0.45, vmin=0, vmax=peak)
+            if np.any(maps[c] > pixel_threshold):
+                ax.contour(maps[c] > pixel_threshold, levels=[0.5], colors="cyan",
+                           linewidths=1)
+            if masks is not None and np.any(masks[c]):
+                ax.contour(masks[c] > 0, levels=[0.5], colors="lime", linewidths=1,
+                           linestyles="dashed")
+            ax.set_title(f"{scores[c]:.1f} nats", fontsize=8, pad=2)
+        axes_row[0].set_ylabel(name, fontsize=8)
+    fig.suptitle("Most and least anomalous test images of each kind (cyan: predicted region, "
+                 "green: true defect)", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 # ---- during training --------------------------------------------------------------------------
 class EpochSnapshots(keras.callbacks.Callback):
     """Saves snapshots/epoch_NNN.png, the same test images and the same prior draws every epoch,

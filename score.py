@@ -35,6 +35,8 @@ SCORE_DEFAULTS = {
     "samples": 16,  # K, draws from q(z|x) for the uncertainty and score maps
     "seed": 0,  # seeds the z samples
     "class_name": None,  # a conditional run: score every image as this class (name or index)
+    "threshold": None,  # flag anomaly_score above this (nats); None = the run's stored threshold
+    "masks": None,  # a folder: each image's predicted defect mask (an inspection run's threshold)
 }
 NPZ_IMAGE_KEYS = ("x", "x_test", "x_train", "images")
 
@@ -53,7 +55,8 @@ def main(argv):
                                   f".npz: {USAGE}.")
     run_dir, inputs = split_run_dir(positional, USAGE)
     settings = parse_overrides(SCORE_DEFAULTS, [a for a in argv if a.startswith("--")],
-                               {"out": str, "figures": str, "latents": str, "class_name": str})
+                               {"out": str, "figures": str, "latents": str, "class_name": str,
+                                "threshold": float, "masks": str})
     check_rules(settings, SCORE_RULES)
     quiet_tensorflow()
     from data import label_of_run
@@ -61,7 +64,7 @@ def main(argv):
 
     config, model = run_folder.load_run(run_dir)
     test_scores = read_test_scores(run_dir)
-    threshold = float(np.percentile(test_scores, settings["percentile"]))
+    rule = decision_rule(run_dir, test_scores, settings)
     image_shape = run_folder.image_shape_of(config)
     label = label_of_run(settings["class_name"], config)
     require(not model.conditional or label is not None,
@@ -71,20 +74,46 @@ def main(argv):
     names, images, failed = read_inputs(inputs, image_shape)
     rows = []
     if images:
-        rows = score_images(model, np.stack(images), names, label, test_scores, threshold,
+        rows = score_images(model, np.stack(images), names, label, test_scores, rule,
                             image_shape, settings)
     rows += [{"path": name, "error": error} for name, error in failed]
     out = settings["out"] or os.path.join(run_dir, "scores.csv")
     make_parent_folder(out)
     write_rows(out, rows)
     flagged = sum(1 for row in rows if row.get("anomalous") is True)
-    print(f"Scored {len(names)} image(s) into {out}: {flagged} above the "
-          f"{settings['percentile']:g}th percentile of the run's test scores ({threshold:.2f} "
-          f"nats).")
+    print(f"Scored {len(names)} image(s) into {out}: {flagged} with {rule['column']} above "
+          f"{rule['threshold']:.2f} nats, {rule['why']}.")
     if failed:
         print(f"warning: {len(failed)} input(s) could not be read; their rows say why.",
               file=sys.stderr)
     return 1 if failed else 0
+
+
+def decision_rule(run_dir, test_scores, settings):
+    """What `anomalous` means: anomaly_score above --threshold or above the threshold kept with
+    an inspection run (anomaly_threshold.json); else, as for any run, the negative ELBO above
+    the --percentile-th of the run's test scores. A dict: column, threshold, why, and the pixel
+    threshold and smoothing of the predicted masks (None without a kept threshold)."""
+    from plumbing.atomic_files import read_json
+    from plumbing.run_folder import ANOMALY_THRESHOLD_FILE
+
+    path = os.path.join(run_dir, ANOMALY_THRESHOLD_FILE)
+    kept = read_json(path) if os.path.isfile(path) else None
+    require(settings["masks"] is None or kept is not None,
+            f"--masks needs the pixel threshold that evaluating an inspection run keeps in "
+            f"{path!r}, and this run has none: train it on a folder in the inspection layout "
+            f"(train/good/, test/good/, test/<defect>/).", RunError)
+    rule = {"pixel_threshold": None if kept is None else kept["pixel_threshold"],
+            "smoothing_sigma": None if kept is None else kept["smoothing_sigma"]}
+    if settings["threshold"] is not None:
+        return {**rule, "column": "anomaly_score", "threshold": settings["threshold"],
+                "why": "the --threshold given"}
+    if kept is not None:
+        return {**rule, "column": "anomaly_score", "threshold": kept["image_threshold"],
+                "why": f"the threshold kept with the run ({kept['rule']})"}
+    return {**rule, "column": "negative_elbo_nats",
+            "threshold": float(np.percentile(test_scores, settings["percentile"])),
+            "why": f"the {settings['percentile']:g}th percentile of the run's test scores"}
 
 
 def read_test_scores(run_dir):
@@ -98,17 +127,25 @@ def read_test_scores(run_dir):
     return np.load(path, allow_pickle=False)
 
 
-def score_images(model, x, names, label, test_scores, threshold, image_shape, settings):
-    """The CSV rows of the images x (and their --latents and --figures, when asked for)."""
+def score_images(model, x, names, label, test_scores, rule, image_shape, settings):
+    """The CSV rows of the images x (and their --latents, --figures and --masks, when asked)."""
     import measures
+    from cvae import build_anomaly_scorer
 
     labels = None if label is None else np.full(len(x), label, "int32")
     scores, z_mean, z_log_var = measures.score_images(model, x, settings["seed"], labels)
+    anomaly, maps = measures.anomaly_scores(build_anomaly_scorer(model.encoder, model.decoder),
+                                            x, labels)
+    compared = anomaly if rule["column"] == "anomaly_score" else scores
     rows = [{"path": name, "negative_elbo_nats": f"{score:.4f}",
              "bits_per_dim": f"{measures.bits_per_dim(score, image_shape):.6f}",
+             "anomaly_score": f"{anomaly_score:.4f}",
              "percentile": f"{100.0 * np.mean(test_scores <= score):.2f}",
-             "anomalous": bool(score > threshold), "error": ""}
-            for name, score in zip(names, scores)]
+             "anomalous": bool(value > rule["threshold"]), "error": ""}
+            for name, score, anomaly_score, value in zip(names, scores, anomaly, compared)]
+    if settings["masks"]:
+        write_masks(measures.smooth(maps, rule["smoothing_sigma"]) > rule["pixel_threshold"],
+                    names, settings["masks"])
     if settings["latents"]:
         def write_latents(temporary):
             with open(temporary, "wb") as f:  # a path not ending in .npz would get one added
@@ -180,6 +217,17 @@ def draw_explanations(model, x, labels, names, scores, test_scores, settings):
                 os.path.join(settings["figures"], f"{index:05d}_{figure_name(names[index])}.png"))
 
 
+def write_masks(masks, names, folder):
+    """Each image's predicted defect region as a PNG, 255 inside: FOLDER/<index>_<name>.png."""
+    from PIL import Image
+
+    os.makedirs(folder, exist_ok=True)
+    for index, (mask, name) in enumerate(zip(masks, names)):
+        path = os.path.join(folder, f"{index:05d}_{figure_name(name)}.png")
+        write_atomically(path, lambda temporary, mask=mask: Image.fromarray(
+            np.where(mask, 255, 0).astype(np.uint8)).save(temporary, format="PNG"))
+
+
 def make_parent_folder(path):
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -197,7 +245,8 @@ def figure_name(name):
 
 
 def write_rows(path, rows):
-    columns = ["path", "negative_elbo_nats", "bits_per_dim", "percentile", "anomalous", "error"]
+    columns = ["path", "negative_elbo_nats", "bits_per_dim", "anomaly_score", "percentile",
+               "anomalous", "error"]
 
     def write(temporary):
         with open(temporary, "w", newline="") as f:

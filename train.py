@@ -180,7 +180,7 @@ def build_and_compile(config, data, device_count, distributed):
 
     from cvae import training_gflops_per_image
     from plumbing import devices, run_folder
-    from plumbing.optimizer import make_optimizer
+    from plumbing.optimizer import MIN_WARMUP_STEPS, fitted_warmup, make_optimizer
 
     keras.mixed_precision.set_dtype_policy(config["precision"])
     keras.utils.set_random_seed(config["seed"])
@@ -192,13 +192,19 @@ def build_and_compile(config, data, device_count, distributed):
               f"{training_gflops_per_image(model):.3f} GFLOP per training image.")
         images_per_epoch = devices.images_per_epoch(data.num_train, config["batch_size"],
                                                     device_count)
-        steps_per_epoch = -(-images_per_epoch // config["batch_size"])
+        total_steps = config["epochs"] * -(-images_per_epoch // config["batch_size"])
+        warmup_steps = fitted_warmup(config["warmup_steps"], total_steps)
+        if warmup_steps < config["warmup_steps"]:
+            print(f"A short run: {total_steps} steps, so the warm-up takes {warmup_steps} of "
+                  f"them instead of warmup_steps={config['warmup_steps']} (a fifth of the run, "
+                  f"at least {MIN_WARMUP_STEPS})"
+                  + ("." if warmup_steps < total_steps else "; the peak rate is never reached."))
         # The XLA-compiled update cannot run inside tf.distribute's replicas (it would have to
         # sum their gradients inside a nested compiled function, which TensorFlow refuses).
         model.compile(optimizer=make_optimizer(
-            config["optimizer"], config["learning_rate"],
-            total_steps=config["epochs"] * steps_per_epoch, warmup_steps=config["warmup_steps"],
-            schedule=config["lr_schedule"], fused=config["distribute"] is None))
+            config["optimizer"], config["learning_rate"], total_steps=total_steps,
+            warmup_steps=warmup_steps, schedule=config["lr_schedule"],
+            fused=config["distribute"] is None))
     return model, images_per_epoch
 
 
@@ -242,6 +248,9 @@ def check_model_fits_data(data, config):
 
 def training_images(data, config):
     """The data with holdout_class left out of training and train_subset applied."""
+    require(config["holdout_class"] is None or not data.inspection,
+            f"{data.description} already keeps its defects out of training (train/good/ only); "
+            f"leave holdout_class as None.")
     if config["holdout_class"] is not None:
         # Anomaly-detection experiment: the model never sees this class in training.
         holdout = data.class_index(config["holdout_class"])

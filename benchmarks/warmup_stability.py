@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 
 from cvae import build_cvae  # noqa: E402
 from data import load_mnist  # noqa: E402
+from plumbing.arrays import MNIST_IMAGE_SHAPE  # noqa: E402
 from plumbing.optimizer import make_optimizer  # noqa: E402
 
 
@@ -49,7 +50,7 @@ def main():
     for warmup in [int(w) for w in args.warmups.split(",")]:
         for seed in [int(s) for s in args.seeds.split(",")]:
             keras.utils.set_random_seed(seed)
-            model = build_cvae(latent_dim=2, seed=seed)
+            model = build_cvae(2, MNIST_IMAGE_SHAPE, seed=seed)
             model.compile(optimizer=make_optimizer("rmsprop", 1e-3, total_steps=10 * 938,
                                                    warmup_steps=warmup, schedule="cosine"))
             watch = WatchDivergence(x_train[:256])

@@ -5,6 +5,7 @@ One job per file, the lower ones first (each imports only those above it in this
     atomic_files.py  files written whole or not at all
     arrays.py        .npz files, the local copies of Keras datasets, and their checks
     image_files.py   image files on disk: listing, decoding, the one preprocessing
+    inspection_folders.py  an inspection set in the MVTec AD layout, with its defect masks
     batches.py       every pipeline that feeds fit(), streamed ones included
     run_folder.py    what a run folder holds; build, save and load a run's model
     devices.py       data-parallel training across devices

@@ -19,14 +19,25 @@ LR_SCHEDULES = ("cosine", "constant")
 # The cosine decay ends at this fraction of the peak learning rate, not at zero, so the last
 # steps still learn.
 FINAL_LR_FRACTION = 0.01
+# A short run (a small inspection set, say) would spend all its steps under the 500-step warm-up
+# and never reach its peak rate. Its warm-up is cut to a fifth of its steps, but never below
+# MIN_WARMUP_STEPS: RMSprop's running mean remembers about 10 steps, and 50 steps of warm-up
+# kept five seeds from diverging (docs/warm-up.md).
+WARMUP_SHARE = 5
+MIN_WARMUP_STEPS = 50
+
+
+def fitted_warmup(warmup_steps, total_steps):
+    """The warm-up a run of total_steps uses: warmup_steps, cut to a fifth of the run when it
+    is longer than that, but not below MIN_WARMUP_STEPS (nor above warmup_steps)."""
+    return min(warmup_steps, max(MIN_WARMUP_STEPS, total_steps // WARMUP_SHARE))
 
 
 def learning_rate_schedule(learning_rate, total_steps, warmup_steps=500, schedule="cosine"):
     """Linear warm-up from 0 to learning_rate over warmup_steps, then cosine decay or constant."""
     import keras
 
-    # The warm-up is not shortened for short runs: its length is what RMSprop's statistics need,
-    # whatever the run's length. A run shorter than the warm-up never reaches the peak rate.
+    # Taken as given; train.py fits it to a short run first (fitted_warmup).
     if schedule == "cosine":
         return keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=0.0,

@@ -35,11 +35,15 @@ BACKUP_FOLDER = "backup"  # Keras BackupAndRestore's state, present only while a
 GIF_FILE = "training.gif"
 SCORES_FILE = "test_scores.npy"
 EXPLORER_CACHE_FILE = "explorer_cache.npz"  # explore.py's test-split latents, its only write
+ANOMALY_THRESHOLD_FILE = "anomaly_threshold.json"  # an inspection run's threshold (evaluate.py)
+SCORER_FILE = "scorer.onnx"  # export.py's anomaly scorer
 FIGURE_FILES = ("latent_space.png", "manifold.png", "samples.png", "interpolation.png",
-                "learning_curves.png", "anomalies.png", "score_histogram.png", "roc.png")
+                "learning_curves.png", "anomalies.png", "score_histogram.png", "roc.png",
+                "anomaly_roc.png", "anomaly_histograms.png", "anomaly_overlays.png")
 # Everything a run writes, so that --overwrite=True can clear an old run and nothing else.
 RUN_FILES = (CONFIG_FILE, WEIGHTS_FILE, ENCODER_FILE, DECODER_FILE, HISTORY_FILE, METRICS_FILE,
-             RECONSTRUCTIONS_FILE, GIF_FILE, SCORES_FILE, EXPLORER_CACHE_FILE, "scores.csv",
+             RECONSTRUCTIONS_FILE, GIF_FILE, SCORES_FILE, EXPLORER_CACHE_FILE,
+             ANOMALY_THRESHOLD_FILE, SCORER_FILE, "scores.csv",
              "conditional_accuracy.json") + FIGURE_FILES
 GENERATED_FOLDER = "generated"  # what sample.py writes by default
 TENSORBOARD_FOLDER = "tensorboard"  # with tensorboard=True

@@ -1,0 +1,241 @@
+"""Anomaly detection as inspection teams do it: an MVTec AD folder, image and pixel metrics, a
+threshold kept with the run, score.py applying it, and the exported ONNX scorer."""
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import measures
+from benchmarks.inspection_set import DEFECTS, write_inspection_set
+from conftest import ROOT, coloured_squares, fake_mnist_arrays, run_script
+from data import load_dataset
+from plumbing.errors import DataError
+
+
+# ---- the metrics, against brute force -----------------------------------------------------------
+def brute_force_curve(scores, positive):
+    """(precision, recall, thresholds) at every distinct score, flagging scores >= threshold."""
+    thresholds = np.unique(scores)[::-1]
+    flagged = scores[None, :] >= thresholds[:, None]
+    true_positives = (flagged & positive[None, :]).sum(axis=1)
+    return true_positives / flagged.sum(axis=1), true_positives / positive.sum(), thresholds
+
+
+def test_average_precision_and_f1_max_match_brute_force():
+    rng = np.random.default_rng(0)
+    scores = np.round(rng.normal(size=300), 1)  # rounded: many ties
+    positive = rng.random(300) < 0.3
+    scores[positive] += 0.8
+    precision, recall, thresholds = brute_force_curve(scores, positive)
+    expected_ap = np.sum(np.diff(np.r_[0.0, recall]) * precision)
+    assert measures.average_precision(scores, positive) == pytest.approx(expected_ap, abs=1e-12)
+    f1 = 2 * precision * recall / (precision + recall)
+    best, threshold = measures.f1_max(scores, positive)
+    assert best == pytest.approx(f1.max(), abs=1e-12)
+    assert threshold == thresholds[np.argmax(f1)]
+
+
+def test_aupro_of_perfect_and_of_uninformative_maps():
+    rng = np.random.default_rng(1)
+    masks = np.zeros((6, 20, 20), np.uint8)
+    masks[0, 2:6, 2:6] = 1
+    masks[1, 10:18, 4:7] = 1
+    masks[1, 1:3, 15:19] = 1  # a second region in the same image counts on its own
+    perfect = masks + 0.01 * rng.random(masks.shape)
+    assert measures.aupro(perfect, masks) == pytest.approx(1.0, abs=1e-9)
+    # A map unrelated to the defects: each region's overlap follows the false-positive rate,
+    # so the normalised area up to 0.3 is about 0.15.
+    assert measures.aupro(rng.random(masks.shape), masks) == pytest.approx(0.15, abs=0.04)
+
+
+def test_aupro_matches_an_independent_sweep_over_every_threshold():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(2)
+    masks = np.zeros((5, 16, 16), np.uint8)
+    for index in range(5):
+        top, left = rng.integers(0, 10, size=2)
+        masks[index, top:top + 5, left:left + 4] = 1
+    maps = rng.random(masks.shape) + 0.6 * masks
+    normal = maps[masks == 0]
+    regions = [(maps[i][labelled == r]) for i in range(5)
+               for labelled, count in [ndimage.label(masks[i])] for r in range(1, count + 1)]
+    levels = np.sort(np.unique(maps))[::-1]
+    fpr = np.array([np.mean(normal > level) for level in levels])
+    pro = np.array([np.mean([np.mean(region > level) for region in regions]) for level in levels])
+    keep = fpr <= 0.3
+    expected = np.trapezoid(pro[keep], fpr[keep]) / 0.3
+    assert measures.aupro(maps, masks, thresholds=2000) == pytest.approx(expected, abs=0.01)
+
+
+# ---- the folder ----------------------------------------------------------------------------------
+def digits(n=400, seed=0):
+    raw = fake_mnist_arrays(n_train=n, n_test=10, seed=seed)["x_train"]
+    return np.clip(raw.astype(np.int32) // 3, 0, 255).astype(np.uint8)  # fainter than defects
+
+
+def test_an_inspection_folder_trains_on_good_images_and_keeps_its_masks(tmp_path, capsys):
+    root = write_inspection_set(str(tmp_path / "set"), digits(), n_train=100, n_good=12,
+                                n_per_defect=5, masks_for=("scratch", "blob", "hole"))
+    data = load_dataset(root, test_fraction=0.2, seed=0)
+    assert data.inspection and data.y_train is None
+    assert data.num_train == 80 and len(data.x_val) == 20  # a seeded fifth held out
+    assert data.class_names == ["good", *sorted(DEFECTS)]
+    assert np.bincount(data.y_test).tolist() == [12, 5, 5, 5, 5]
+    faint = data.class_names.index("faint")
+    # faint has no masks: its images are evaluated at image level only, and the log says so.
+    assert data.has_mask.tolist() == (data.y_test != faint).tolist()
+    assert "5 defective test image(s)" in capsys.readouterr().out
+    # Each mask is where the drawing changed the digit, within the image.
+    blob = np.flatnonzero(data.y_test == data.class_names.index("blob"))
+    assert all(data.test_masks[i].sum() > 10 for i in blob)
+    assert not data.test_masks[data.y_test == 0].any()
+
+
+@pytest.mark.parametrize("spoil, message", [
+    (lambda root: os.makedirs(root / "train" / "scratch"), "train/ holds scratch/"),
+    (lambda root: Image.new("L", (20, 20)).save(root / "ground_truth" / "blob" / "0000_mask.png"),
+     "must have its image's size"),
+    (lambda root: Image.new("L", (28, 28)).save(root / "ground_truth" / "blob" / "0099_mask.png"),
+     "has no image"),
+    (lambda root: os.makedirs(root / "validation"), "may hold only train/, test/ and"),
+])
+def test_a_broken_inspection_folder_is_refused_in_one_paragraph(tmp_path, spoil, message):
+    root = tmp_path / "set"
+    write_inspection_set(str(root), digits(), n_train=20, n_good=4, n_per_defect=2)
+    spoil(root)
+    with pytest.raises(DataError, match=re.escape(message)):
+        load_dataset(str(root))
+
+
+# ---- a run: evaluation, threshold, score.py, export ------------------------------------------
+@pytest.fixture(scope="module")
+def inspection_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("inspection")
+    root = write_inspection_set(str(folder / "set"), digits(600), n_train=300, n_good=30,
+                                n_per_defect=10)
+    result = run_script("train.py", f"--dataset={root}", f"--out_dir={folder / 'run'}",
+                        "--epochs=2", "--batch_size=32")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder / "run", root, result
+
+
+@pytest.mark.slow
+def test_an_inspection_run_reports_image_and_pixel_metrics_and_keeps_its_threshold(
+        inspection_run):
+    run_dir, root, result = inspection_run
+    assert "the warm-up takes 50 of them instead of warmup_steps=500" in result.stdout
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    anomaly = metrics["anomaly"]
+    kept = json.loads((run_dir / "anomaly_threshold.json").read_text())
+    assert kept == anomaly["threshold"]
+    # Recompute what the run reported from its own scorer and data, independently.
+    from cvae import build_anomaly_scorer
+    from plumbing.run_folder import load_run
+
+    _, model = load_run(str(run_dir))
+    data = load_dataset(root)
+    scorer = build_anomaly_scorer(model.encoder, model.decoder)
+    val_scores, _ = measures.anomaly_scores(scorer, data.x_val)
+    test_scores, _ = measures.anomaly_scores(scorer, data.x_test)
+    assert kept["image_threshold"] == pytest.approx(np.percentile(val_scores, 99), rel=1e-6)
+    is_defect = data.y_test > 0
+    assert anomaly["image_auroc"] == pytest.approx(measures.auroc(test_scores, is_defect), 1e-9)
+    flagged = test_scores > kept["image_threshold"]
+    assert anomaly["flagged_good"] == pytest.approx(np.mean(flagged[~is_defect]))
+    assert anomaly["flagged_defective"] == pytest.approx(np.mean(flagged[is_defect]))
+    assert set(anomaly["per_defect"]) == set(DEFECTS)
+    for kind, values in anomaly["per_defect"].items():
+        keep = (data.y_test == 0) | (data.y_test == data.class_names.index(kind))
+        assert values["image_auroc"] == pytest.approx(
+            measures.auroc(test_scores[keep], is_defect[keep]), abs=1e-9)
+        assert {"pixel_auroc", "pixel_aupro", "image_aupr", "image_f1_max"} <= set(values)
+    for figure in ("anomaly_roc.png", "anomaly_histograms.png", "anomaly_overlays.png"):
+        assert (run_dir / figure).stat().st_size > 10_000, figure
+
+
+@pytest.mark.slow
+def test_score_py_applies_the_kept_threshold_and_writes_masks(inspection_run, tmp_path):
+    run_dir, root, _ = inspection_run
+    kept = json.loads((run_dir / "anomaly_threshold.json").read_text())
+    images = [os.path.join(root, "test", kind, "0000.png") for kind in ("good", "blob")]
+    result = run_script("score.py", str(run_dir), *images, f"--out={tmp_path / 'a.csv'}",
+                        f"--masks={tmp_path / 'masks'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = list(csv.DictReader(open(tmp_path / "a.csv")))
+    for row in rows:
+        assert (row["anomalous"] == "True") == (
+            float(row["anomaly_score"]) > kept["image_threshold"])
+    assert "the threshold kept with the run" in result.stdout
+    assert sorted(os.listdir(tmp_path / "masks")) == ["00000_0000.png", "00001_0000.png"]
+    # --threshold overrides it: 0 nats flags everything.
+    result = run_script("score.py", str(run_dir), *images, f"--out={tmp_path / 'b.csv'}",
+                        "--threshold=0")
+    assert all(row["anomalous"] == "True" for row in csv.DictReader(open(tmp_path / "b.csv")))
+
+
+def export_and_compare(run_dir, x):
+    """Export the run's scorer, and compare onnxruntime's outputs on x with the Keras scorer's."""
+    import onnxruntime
+
+    from cvae import build_anomaly_scorer
+    from plumbing.run_folder import load_run
+
+    result = run_script("export.py", str(run_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, model = load_run(str(run_dir))
+    scores, maps = build_anomaly_scorer(model.encoder, model.decoder).predict_on_batch(x)
+    session = onnxruntime.InferenceSession(str(run_dir / "scorer.onnx"))
+    onnx_scores, onnx_maps = session.run(["anomaly_score", "pixel_loss"], {"image": x})
+    # onnxruntime's float32 convolutions round differently from oneDNN's (see export.py): the
+    # scores agree to a few thousandths of a nat, and all but a few pixels to 1e-4.
+    np.testing.assert_allclose(onnx_scores, scores, atol=1e-2, rtol=0)
+    assert np.percentile(np.abs(onnx_maps - maps), 99.5) < 1e-4
+    np.testing.assert_allclose(onnx_maps, maps, atol=1e-2, rtol=0)
+    return session
+
+
+@pytest.mark.slow
+def test_the_exported_scorer_agrees_with_the_run_and_keeps_the_threshold(inspection_run,
+                                                                          tmp_path):
+    run_dir, root, _ = inspection_run
+    data = load_dataset(root)
+    session = export_and_compare(run_dir, data.x_test[:24])
+    kept = json.loads((run_dir / "anomaly_threshold.json").read_text())
+    metadata = session.get_modelmeta().custom_metadata_map
+    assert float(metadata["image_threshold"]) == kept["image_threshold"]
+    # The README's snippet scores a PNG with onnxruntime, NumPy and Pillow, and finds the
+    # anomaly_score that score.py gives the same file.
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    snippet = re.search(r"```python\n(# Score a PNG with the exported scorer.*?)```", readme,
+                        re.S).group(1)
+    image = os.path.join(root, "test", "blob", "0001.png")
+    code = snippet.replace("outputs/scorer.onnx", str(run_dir / "scorer.onnx")).replace(
+        "image.png", image)
+    ran = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    scored = run_script("score.py", str(run_dir), image, f"--out={tmp_path / 's.csv'}")
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    expected = float(next(csv.DictReader(open(tmp_path / "s.csv")))["anomaly_score"])
+    assert float(ran.stdout.split()[0]) == pytest.approx(expected, abs=1e-2)
+
+
+@pytest.mark.slow
+def test_an_rgb_run_exports_a_scorer_that_agrees(tmp_path):
+    folder = tmp_path / "squares"
+    for name, seed in (("a", 1), ("b", 2)):
+        os.makedirs(folder / name)
+        for index, pixels in enumerate(coloured_squares(24, seed=seed)):
+            Image.fromarray(pixels).save(folder / name / f"{index:03d}.png")
+    result = run_script("train.py", f"--dataset={folder}", "--architecture=strided",
+                        f"--out_dir={tmp_path / 'run'}", "--epochs=1", "--batch_size=16")
+    assert result.returncode == 0, result.stderr[-3000:]
+    export_and_compare(tmp_path / "run", coloured_squares(8, seed=5).astype("float32") / 255)
