@@ -150,6 +150,7 @@ def main(argv):
     # save, then evaluate on the test set and draw the figures, on one device, every test image
     try:
         run_folder.save_trained_model(model, config, out_dir)
+        stopping.send_test_signal_at("evaluation")
         model = devices.on_one_device(model, lambda: run_folder.build_model(config))
         evaluate.evaluate_run(model, config, data, out_dir, evaluation_settings)
     except KeyboardInterrupt as interruption:

@@ -13,7 +13,7 @@ import keras
 
 from plumbing import run_folder
 from plumbing.atomic_files import read_json, write_atomically, write_json
-from plumbing.stopping import DivergenceGuard, PreemptionGuard
+from plumbing.stopping import DivergenceGuard, PlannedSignal, PreemptionGuard
 
 
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
@@ -140,6 +140,9 @@ def training_callbacks(out_dir, config, snapshots):
         HistoryCSV(path(run_folder.HISTORY_FILE)),
         # Resumes an interrupted run from its last completed epoch when the command is repeated.
         AtomicBackupAndRestore(path(run_folder.BACKUP_FOLDER)),
+        # The tests' planned stops (nothing unless $CVAE_TEST_SIGNAL plans one), just before the
+        # guard that turns a SIGTERM into a stop at the end of the same batch.
+        PlannedSignal(),
         # Last: when it stops the run, every other callback has seen the batch, and has closed
         # what it writes at the end of training (TensorBoard's files).
         PreemptionGuard(),

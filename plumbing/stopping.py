@@ -140,3 +140,40 @@ def kill_on_sigterm():
     """From here on SIGTERM kills as it did before PreemptionGuard: only the mark of a finished
     run is left to write, and a run without it is evaluated again."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+# ---- stops at a known step, for the tests ----------------------------------------------------
+# The tests stop a run at a step they name, not at a moment of the clock, so that they test the
+# same thing on a fast GPU and a slow CPU: CVAE_TEST_SIGNAL="SIGKILL@2.3" makes the run send
+# itself SIGKILL at the end of the third batch of its second epoch; "SIGTERM@evaluation", SIGTERM
+# once the trained weights are saved, as the evaluation starts. Unset, nothing happens.
+TEST_SIGNAL_VARIABLE = "CVAE_TEST_SIGNAL"
+
+
+def _planned_test_signal():
+    """(signal number, where) from $CVAE_TEST_SIGNAL: where is (epoch, batch), 1-based, or
+    "evaluation"; None when it is unset."""
+    planned = os.environ.get(TEST_SIGNAL_VARIABLE)
+    if not planned:
+        return None
+    name, _, where = planned.partition("@")
+    if where != "evaluation":
+        where = tuple(int(part) for part in where.split("."))
+    return getattr(signal, name), where
+
+
+def send_test_signal_at(where):
+    """Send the planned signal if it is planned for `where`."""
+    planned = _planned_test_signal()
+    if planned is not None and planned[1] == where:
+        os.kill(os.getpid(), planned[0])
+
+
+class PlannedSignal(keras.callbacks.Callback):
+    """Sends the run the signal $CVAE_TEST_SIGNAL plans, at the end of the batch it names."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        send_test_signal_at((self.epoch, batch + 1))

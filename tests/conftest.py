@@ -3,6 +3,7 @@ files and image folders, and train.py run as a user runs it."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,33 @@ from PIL import Image
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+# ---- skips: CI fails on one the README does not list ---------------------------------------------
+_skipped = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _skipped.append((report.nodeid, reason.removeprefix("Skipped: ")))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Under CI, a skip whose reason the README's list of skips by design does not give fails
+    the run: a test that silently stopped running is a check lost."""
+    if not os.environ.get("CI") or not _skipped:
+        return
+    with open(os.path.join(ROOT, "README.md")) as f:
+        listed = re.findall(r"^- skipped: `([^`]+)`", f.read(), re.M)
+    unlisted = [(node, reason) for node, reason in _skipped
+                if not any(item in reason for item in listed)]
+    print(f"\n{len(_skipped)} test(s) skipped, {len(unlisted)} of them for a reason the README "
+          f"does not list.")
+    for node, reason in unlisted:
+        print(f"  not listed: {node}: {reason}")
+    if unlisted:
+        session.exitstatus = 1
 
 
 def fake_mnist_arrays(n_train=120, n_test=60, seed=0):
@@ -35,10 +63,15 @@ def fake_mnist_path(tmp_path):
 
 @pytest.fixture(scope="session")
 def real_mnist_path():
-    """The real MNIST file: $MNIST_PATH, else ../shared/data/mnist.npz beside the project."""
+    """The real MNIST file: $MNIST_PATH, else ../shared/data/mnist.npz beside the project. On a
+    fresh clone without it, the tests that need real digits are skipped; under CI (CI set), a
+    missing file fails them: a skip there would hide the only learning check."""
     path = os.environ.get("MNIST_PATH") or os.path.join(ROOT, "..", "shared", "data", "mnist.npz")
     if not os.path.exists(path):
-        pytest.skip(f"real MNIST not found at {path}; set MNIST_PATH to run this test")
+        message = f"real MNIST not found at {path}; set MNIST_PATH to run this test"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
     return path
 
 
@@ -86,11 +119,16 @@ def coloured_squares(n, size=32, seed=0):
 
 
 # ---- train.py in the background -----------------------------------------------------------------
-def start_train(arguments):
+def start_train(arguments, stop_at=None):
+    """train.py in the background. stop_at: the signal the run sends itself, and when, as
+    plumbing/stopping.py reads it: "SIGKILL@2.3" after the third batch of the second epoch,
+    "SIGTERM@evaluation" as the evaluation starts; a step, not a moment of the clock."""
+    environment = {**os.environ, "CVAE_TEST_SIGNAL": stop_at or ""}
     # A shell starts background jobs with SIGINT ignored, and Python keeps an ignored SIGINT
     # ignored: restore the default, so that the child gets Ctrl-C as it would in a terminal.
     return subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *arguments],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=environment,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
@@ -100,3 +138,23 @@ def backed_up_epochs(out_dir):
         return json.loads(path.read_text())["epoch"]
     except (OSError, ValueError):
         return 0
+
+
+# ---- numbers recomputed independently -----------------------------------------------------------
+def numpy_negative_elbo(run_dir, data_path, eval_seed=0):
+    """(reconstruction, kl, z_mean) of every test image, in NumPy in float64: the encoder's and
+    decoder's outputs, with one z per image from the evaluation's generator, and the formulas
+    written out here (Bernoulli pixels clipped 1e-7 from 0 and 1; the Gaussian KL)."""
+    from data import load_mnist
+    from plumbing.run_folder import load_run
+
+    _, model = load_run(str(run_dir))
+    _, (x, _) = load_mnist(data_path)
+    z_mean, z_log_var = (np.asarray(a, np.float64) for a in model.encoder.predict(x, verbose=0))
+    epsilon = np.random.default_rng(eval_seed).standard_normal(z_mean.shape)
+    z = (z_mean + np.exp(z_log_var / 2) * epsilon).astype("float32")
+    p = np.clip(model.decoder.predict(z, verbose=0).astype(np.float64), 1e-7, 1 - 1e-7)
+    x = x.astype(np.float64)
+    reconstruction = -np.sum(x * np.log(p) + (1 - x) * np.log(1 - p), axis=(1, 2, 3))
+    kl = 0.5 * np.sum(z_mean**2 + np.exp(z_log_var) - 1 - z_log_var, axis=1)
+    return reconstruction, kl, z_mean

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, fake_mnist_arrays, run_script
+from conftest import ROOT, fake_mnist_arrays, numpy_negative_elbo, run_script, start_train
 
 pytestmark = [pytest.mark.backend, pytest.mark.slow]
 BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
@@ -27,27 +27,18 @@ def data_path(tmp_path_factory):
 def test_kill_resume_evaluate_sample_score_on_this_backend(data_path, tmp_path):
     out_dir = tmp_path / "run"
     arguments = [f"--data_path={data_path}", f"--out_dir={out_dir}", "--epochs=2", *SHORT]
-    process = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *arguments],
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
-    metadata = out_dir / "backup" / "training_metadata.json"
-    while not metadata.exists():  # the first epoch is backed up: kill it in the second
-        assert process.poll() is None, process.communicate()[1][-2000:]
-        subprocess.run(["sleep", "0.2"])
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    process = start_train(arguments, stop_at="SIGKILL@2.2")  # killed in its second epoch
+    process.communicate(timeout=600)
+    assert process.returncode == -signal.SIGKILL
     resumed = run_script("train.py", *arguments)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "1 epoch(s) already done" in resumed.stdout
     config = json.loads((out_dir / "config.json").read_text())
     assert config["versions"]["backend"] == BACKEND
     metrics = json.loads((out_dir / "metrics.json").read_text())
-    assert 500 < metrics["test_negative_elbo"] < 2000  # uniform noise: about 543 nats at best
+    reconstruction, kl, _ = numpy_negative_elbo(out_dir, data_path)
+    assert metrics["test_negative_elbo"] == pytest.approx(np.mean(reconstruction + kl), rel=1e-5)
 
-    evaluated = run_script("evaluate.py", str(out_dir), "--iwae_samples=8")
-    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
-    again = json.loads((out_dir / "metrics.json").read_text())
-    assert again["test_negative_elbo"] == pytest.approx(metrics["test_negative_elbo"], rel=1e-4)
     sampled = run_script("sample.py", str(out_dir), "--n=4", f"--out_dir={tmp_path / 'gen'}")
     assert sampled.returncode == 0 and (tmp_path / "gen" / "samples.png").exists()
     scored = run_script("score.py", str(out_dir), data_path, f"--out={tmp_path / 's.csv'}")
@@ -56,10 +47,6 @@ def test_kill_resume_evaluate_sample_score_on_this_backend(data_path, tmp_path):
 
 @pytest.mark.parametrize("writer", sorted({"tensorflow", "jax", "torch"} - {BACKEND}))
 def test_a_decoder_written_on_another_backend_loads_on_this_one(writer, data_path, tmp_path):
-    import importlib.util
-
-    if importlib.util.find_spec(writer) is None:
-        pytest.skip(f"{writer} is not installed")
     out_dir = tmp_path / "run"
     trained = subprocess.run(
         [sys.executable, os.path.join(ROOT, "train.py"), f"--data_path={data_path}",

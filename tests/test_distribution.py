@@ -9,15 +9,13 @@ the strided architecture and a few dozen images.
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, backed_up_epochs, fake_mnist_arrays, run_script, start_train
+from conftest import ROOT, fake_mnist_arrays, run_script, start_train
 
 BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
 needs_data_parallel = pytest.mark.skipif(
@@ -137,12 +135,7 @@ def test_a_preempted_data_parallel_run_resumes_and_evaluates_on_one_device(tmp_p
     arguments = train_arguments(data_path, out_dir, "--epochs=3", "--distribute=data_parallel",
                                 "--virtual_devices=2")
 
-    process = start_train(arguments)
-    deadline = time.time() + 300
-    while backed_up_epochs(out_dir) < 1:  # then stopped at once, in the second epoch
-        assert process.poll() is None and time.time() < deadline, process.communicate()
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
+    process = start_train(arguments, stop_at="SIGTERM@2.1")  # stopped in the second epoch
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 143, stderr[-3000:]
     assert "Data-parallel on 2 devices" in stdout

@@ -55,17 +55,15 @@ def test_a_folder_of_pngs_with_class_subfolders(tmp_path, real_mnist_path):
     out_dir = tmp_path / "run"
     result = train(out_dir, f"--dataset={folder}", "--test_fraction=0.25", "--holdout_class=one")
     # 60 digits, 15 held out for testing, and the training "one"s left out.
-    train_images = int(result.stdout.split(" training and ")[0].split()[-1])
-    assert 45 - 20 <= train_images <= 45 - 5
+    from data import load_dataset
+
+    split = load_dataset(str(folder), test_fraction=0.25)
+    ones_in_training = int(np.sum(split.y_train == 0))
+    assert f"{45 - ones_in_training} training and 15 test images" in result.stdout
     assert "15 test images of shape (28, 28, 1), 3 classes" in result.stdout
     config, metrics = assert_a_whole_run(out_dir, 15, (28, 28, 1), extra=["roc.png"])
     assert config["data"]["class_names"] == ["one", "seven", "zero"]
-    assert metrics["holdout_class"] == "one" and 0.0 <= metrics["auroc"] <= 1.0
-    # evaluate.py finds the same folder, the same split, and the same numbers.
-    again = run_script("evaluate.py", str(out_dir), "--iwae_samples=8")
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert json.loads((out_dir / "metrics.json").read_text())["test_negative_elbo"] == \
-        pytest.approx(metrics["test_negative_elbo"], rel=1e-4)
+    assert metrics["holdout_class"] == "one"  # a class held out by its folder's name
 
 
 def test_an_rgb_npz_without_labels_or_test_split(tmp_path):
@@ -87,8 +85,10 @@ def test_the_strided_architecture_on_64x64_rgb_images(tmp_path):
     write_images(folder / "more_squares", coloured_squares(24, size=64, seed=2), ".jpg")
     out_dir = tmp_path / "run"
     result = train(out_dir, f"--dataset={folder}", "--architecture=strided", "--latent_dim=4")
-    count = int(result.stdout.split("CVAE (strided): ")[1].split(" parameters")[0].replace(",", ""))
-    assert 100_000 < count < 5_000_000
+    from cvae import parameter_count
+
+    assert f"CVAE (strided): {parameter_count((64, 64, 3), 4, 'strided'):,} parameters" in \
+        result.stdout
     assert_a_whole_run(out_dir, 5, (64, 64, 3))
 
 
@@ -139,11 +139,12 @@ def bad_folder(tmp_path, kind):
     (None, ["--image_size=1024"], "Choose a smaller --image_size"),
     (None, ["--holdout_class=eleven"], "names no class"),
 ])
-def test_bad_data_is_refused_and_nothing_is_overwritten(tmp_path, previous_run, real_mnist_path,
-                                                        kind, arguments, message):
+def test_bad_data_is_refused_and_nothing_is_overwritten(tmp_path, previous_run, request, kind,
+                                                        arguments, message):
+    # Only the two cases without a folder of their own read real MNIST.
     source = ([f"--dataset={bad_folder(tmp_path, kind)}"] if kind else
               [] if any(a.startswith("--dataset") for a in arguments) else
-              [f"--data_path={real_mnist_path}"])
+              [f"--data_path={request.getfixturevalue('real_mnist_path')}"])
     result = run_script("train.py", f"--out_dir={previous_run}", "--overwrite=True",
                         *source, *arguments)
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_script
+from conftest import numpy_negative_elbo, run_script
 
 
 def run_train(*arguments):
@@ -18,7 +18,7 @@ def run_train(*arguments):
 @pytest.mark.slow
 def test_one_epoch_on_a_small_file_writes_the_whole_run(finished_run):
     out_dir, fake_mnist_path, result = finished_run
-    assert "13,044,613" in result.stdout  # the summary is printed
+    assert "CVAE (article):" in result.stdout and "GFLOP per training image" in result.stdout
     assert "Test negative ELBO" in result.stdout
 
     config = json.loads((out_dir / "config.json").read_text())
@@ -31,18 +31,19 @@ def test_one_epoch_on_a_small_file_writes_the_whole_run(finished_run):
         rows = list(csv.DictReader(f))
     assert len(rows) == 1
     row = {key: float(value) for key, value in rows[0].items()}
-    for key in ("loss", "reconstruction_loss", "kl_loss", "val_loss", "val_reconstruction_loss",
-                "val_kl_loss", "epoch_seconds"):
-        assert np.isfinite(row[key]) and row[key] >= 0, key
-    assert row["loss"] == pytest.approx(row["reconstruction_loss"] + row["kl_loss"], rel=1e-5)
+    assert set(row) == {"epoch", "loss", "reconstruction_loss", "kl_loss", "val_loss",
+                        "val_reconstruction_loss", "val_kl_loss", "epoch_seconds"}
 
+    # The evaluation's numbers, recomputed in NumPy from the saved model and the eval seed.
     metrics = json.loads((out_dir / "metrics.json").read_text())
-    assert metrics["test_negative_elbo"] == pytest.approx(
-        metrics["test_reconstruction"] + metrics["test_kl"], rel=1e-9)
-    assert 0 < metrics["test_negative_elbo_stderr"] < metrics["test_negative_elbo"]
-    # The fake test set holds uniform noise: about 784 * (1/2 log 2 + 1/2) nats per image is the
-    # best a model can do, and an untrained decoder cannot beat it.
-    assert 500 < metrics["test_negative_elbo"] < 2000
+    reconstruction, kl, z_mean = numpy_negative_elbo(out_dir, fake_mnist_path)
+    assert metrics["test_reconstruction"] == pytest.approx(reconstruction.mean(), rel=1e-5)
+    assert metrics["test_kl"] == pytest.approx(kl.mean(), rel=1e-4, abs=1e-5)
+    scores = reconstruction + kl
+    assert metrics["test_negative_elbo_stderr"] == pytest.approx(
+        scores.std(ddof=1) / np.sqrt(len(scores)), rel=1e-4)
+    np.testing.assert_allclose(np.load(out_dir / "test_scores.npy"), scores, rtol=1e-5)
+    assert metrics["active_units"] == int(np.sum(np.var(z_mean, axis=0) > 0.01))
 
     with Image.open(out_dir / "reconstructions.png") as png:
         assert png.format == "PNG" and png.size[0] > 1000
@@ -52,12 +53,9 @@ def test_one_epoch_on_a_small_file_writes_the_whole_run(finished_run):
             assert png.format == "PNG" and min(png.size) > 200, figure
     assert not (out_dir / "roc.png").exists()  # only with a held-out digit
     assert (out_dir / "snapshots" / "epoch_001.png").exists()
-    scores = np.load(out_dir / "test_scores.npy")
-    assert scores.shape == (60,)
-    assert scores.mean() == pytest.approx(metrics["test_negative_elbo"], rel=1e-5)
     iwae = metrics["iwae"]
     assert iwae["images"] == 60 and iwae["k"] == [1, 8, 64]
-    assert len(metrics["kl_per_dimension"]) == 2 and 0 <= metrics["active_units"] <= 2
+    assert len(metrics["kl_per_dimension"]) == 2
     assert len(metrics["per_epoch"]) == 1
     assert (out_dir / "training.gif").exists()
     assert not (out_dir / "backup").exists()  # train.py removes it once the run is evaluated
@@ -87,7 +85,6 @@ def test_one_epoch_on_a_small_file_writes_the_whole_run(finished_run):
     (["--optimizer=adamw"], "optimizer must be one of"),
     (["--epoch=2"], "Unknown hyperparameter 'epoch'"),
     (["--batch_size=big"], "expected an integer"),
-    (["--data_path=/no/such/mnist.npz"], "does not exist"),
     (["--seed=-1"], "seed must be in"),
     (["--image_size=2"], "image_size must be None or 4 to 2048"),
     (["--channels=2"], "channels must be None, 1 (grey) or 3"),
@@ -102,6 +99,22 @@ def test_bad_input_is_refused_in_one_message(tmp_path, arguments, message):
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "config.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arguments", [["--epochs=0"], ["--latent_dim=3"], ["--batch_size=big"]])
+def test_a_refusal_leaves_the_run_in_out_dir_as_it_was(finished_run, tmp_path, arguments):
+    import shutil
+
+    out_dir, data_path, _ = finished_run
+    run = tmp_path / "copy"
+    shutil.copytree(out_dir, run)
+    config = (run / "config.json").read_bytes()
+    # A bad value, and another hyperparameter without --overwrite=True: both refused.
+    result = run_train(f"--data_path={data_path}", f"--out_dir={run}", "--epochs=1",
+                       "--batch_size=32", "--train_subset=100", "--warmup_steps=2", *arguments)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert (run / "config.json").read_bytes() == config
 
 
 @pytest.mark.slow
@@ -171,7 +184,7 @@ def test_holdout_class_is_left_out_and_scored(tmp_path, fake_mnist_path):
     # 120 fake images, 12 of each digit: the 12 threes are left out of training.
     assert ": 108 training and 60 test images" in result.stdout
     metrics = json.loads((out_dir / "metrics.json").read_text())
-    assert metrics["holdout_class"] == "3" and 0.0 <= metrics["auroc"] <= 1.0
+    assert metrics["holdout_class"] == "3"
     assert "AUROC for the held-out class 3" in result.stdout
     # The reported AUROC is that of the saved per-image scores.
     from data import load_mnist
@@ -249,15 +262,14 @@ def test_tensorboard_logs_the_loss_terms_learning_rate_and_snapshots(tmp_path, f
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["jax", "torch"])
+@pytest.mark.backend
+@pytest.mark.parametrize("backend", sorted({"tensorflow", "jax", "torch"}
+                                           - {os.environ.get("KERAS_BACKEND", "tensorflow")}))
 def test_the_exported_decoder_gives_the_same_images_on_other_backends(finished_run, tmp_path,
                                                                       backend):
-    import importlib.util
     import subprocess
     import sys
 
-    if importlib.util.find_spec(backend) is None:
-        pytest.skip(f"{backend} is not installed (see the README's other backends)")
     out_dir, _, _ = finished_run
     z = np.random.default_rng(0).standard_normal((4, 2)).astype("float32")
     np.save(tmp_path / "z.npy", z)
