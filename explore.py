@@ -49,7 +49,7 @@ EXPLORE_RULES = (
 USAGE = "python explore.py RUN_DIR [--port=8765]"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 PAGE_FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web")
-PAGE_FILES = ("explore.js", "explore.css")
+PAGE_FILES = ("page.js", "page.css")
 
 
 def main(argv):

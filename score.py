@@ -81,8 +81,8 @@ def main(argv):
     make_parent_folder(out)
     write_rows(out, rows)
     flagged = sum(1 for row in rows if row.get("anomalous") is True)
-    print(f"Scored {len(names)} image(s) into {out}: {flagged} with {rule['column']} above "
-          f"{rule['threshold']:.2f} nats, {rule['why']}.")
+    print(f"Scored {len(names)} image(s) into {out}: {flagged} above {rule['why']} "
+          f"({rule['column']} over {rule['threshold']:.2f} nats).")
     if failed:
         print(f"warning: {len(failed)} input(s) could not be read; their rows say why.",
               file=sys.stderr)

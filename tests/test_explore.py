@@ -182,7 +182,7 @@ def test_only_its_own_files_and_the_run_figures_are_served(grey_explorer, path):
 
 def test_what_it_serves(grey_explorer):
     address = grey_explorer[1]
-    for path in ("/", "/page/explore.js", "/page/explore.css", "/run/latent_space.png"):
+    for path in ("/", "/page/page.js", "/page/page.css", "/run/latent_space.png"):
         assert request(address, "GET", path)[0] == 200, path
     status, body = request(address, "POST", "/api/score", b"\0" * (20 * 2**20 + 1))
     assert status == 413 and b"limited to 20 MB" in body

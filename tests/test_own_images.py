@@ -151,3 +151,15 @@ def test_bad_data_is_refused_and_nothing_is_overwritten(tmp_path, previous_run, 
     assert message in result.stderr and "Traceback" not in result.stderr
     assert (previous_run / "cvae.weights.h5").read_bytes() == b"precious weights"
     assert set(os.listdir(previous_run)) <= {"config.json", "cvae.weights.h5", ".lock"}
+
+
+def test_a_streamed_folder_trains_and_is_evaluated(tmp_path):
+    folder = tmp_path / "shapes"
+    write_images(folder / "a", coloured_squares(20, seed=1))
+    write_images(folder / "b", coloured_squares(20, seed=2))
+    out_dir = tmp_path / "run"
+    result = train(out_dir, f"--dataset={folder}", "--stream=True", "--architecture=strided")
+    # 40 images, 4 held out for testing: 36 decoded from disk in every epoch.
+    assert "Streaming the 36 training images from disk" in result.stdout
+    config, metrics = assert_a_whole_run(out_dir, 4, (32, 32, 3))
+    assert config["stream"] is True and len(metrics["per_epoch"]) == 1
