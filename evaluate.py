@@ -208,11 +208,12 @@ def inspection_metrics(model, data):
     is_defect = data.y_test > 0
     anomaly = detection_metrics(test_scores, test_maps, is_defect, data.test_masks,
                                 data.has_mask)
-    anomaly["per_defect"] = {
-        kind: detection_metrics(test_scores[keep], test_maps[keep], is_defect[keep],
-                                data.test_masks[keep], data.has_mask[keep])
-        for label, kind in enumerate(data.class_names) if label > 0
-        for keep in [(data.y_test == 0) | (data.y_test == label)]}
+    anomaly["per_defect"] = {}
+    for label, kind in enumerate(data.class_names[1:], start=1):
+        keep = (data.y_test == 0) | (data.y_test == label)  # the good images and this kind
+        anomaly["per_defect"][kind] = detection_metrics(
+            test_scores[keep], test_maps[keep], is_defect[keep], data.test_masks[keep],
+            data.has_mask[keep])
     flagged = test_scores > threshold["image_threshold"]
     anomaly.update(threshold=threshold, flagged_good=float(np.mean(flagged[~is_defect])),
                    flagged_defective=float(np.mean(flagged[is_defect])),

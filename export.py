@@ -58,7 +58,11 @@ def main(argv):
         name_outputs_and_describe(temporary, metadata)
         gaps.update(check_against_keras(temporary, inputs, expected))
 
-    path = write_atomically(os.path.join(run_dir, SCORER_FILE), export)
+    try:
+        path = write_atomically(os.path.join(run_dir, SCORER_FILE), export)
+    except ImportError as error:
+        raise RunError(f"Exporting to ONNX needs tf2onnx, onnx and onnxruntime ({error}): "
+                       f"install them with `pip install -r requirements.txt`.") from None
     print(f"Wrote {path}: input image {metadata['input']}; outputs anomaly_score (N,) and "
           f"pixel_loss (N, height, width); threshold "
           f"{metadata.get('image_threshold', 'none kept with this run')}. On {count} test "

@@ -43,83 +43,86 @@ def serve(app, page_folder, page_files, run_dir, run_files, host, port, on_ready
     statics = {"/": os.path.join(page_folder, "index.html")}
     statics.update({f"/page/{name}": os.path.join(page_folder, name) for name in page_files})
     statics.update({f"/run/{name}": os.path.join(run_dir, name) for name in run_files})
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 (the name http.server calls)
-            self._answer(lambda path, query: self._get(path, query))
-
-        def do_POST(self):  # noqa: N802
-            self._answer(lambda path, query: self._post(path, query))
-
-        def _get(self, path, query):
-            if path.startswith("/api/"):
-                return self._json(200, app.get(path[len("/api/"):], query))
-            if path not in statics or not os.path.isfile(statics[path]):
-                raise NotFound(path)
-            with open(statics[path], "rb") as f:
-                body = f.read()
-            content_type = CONTENT_TYPES.get(os.path.splitext(path)[1] or ".html",
-                                             "application/octet-stream")
-            return self._send(200, body, content_type)
-
-        def _post(self, path, query):
-            if not path.startswith("/api/"):
-                raise NotFound(path)
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_UPLOAD_BYTES:
-                self._discard(length)
-                raise UploadTooLarge(
-                    f"The file is {length / 2**20:.1f} MB; uploads are limited to "
-                    f"{MAX_UPLOAD_BYTES // 2**20} MB. Give a smaller image.")
-            body = self.rfile.read(length)
-            return self._json(200, app.post(path[len("/api/"):], query, body))
-
-        def _discard(self, length):
-            self.close_connection = True  # whatever is left unread is not another request
-            if length <= MAX_DISCARDED_BYTES:
-                while length > 0:
-                    chunk = self.rfile.read(min(length, 2**20))
-                    if not chunk:
-                        break  # the client stopped sending
-                    length -= len(chunk)
-
-        def _answer(self, respond):
-            parts = urllib.parse.urlsplit(self.path)
-            path = urllib.parse.unquote(parts.path)
-            query = dict(urllib.parse.parse_qsl(parts.query))
-            try:
-                if ".." in path.split("/"):
-                    raise NotFound(path)
-                respond(path, query)
-            except NotFound:
-                self._json(404, {"error": f"Nothing is served at {parts.path}."})
-            except ExplainedError as error:
-                self._json(413 if isinstance(error, UploadTooLarge) else 400,
-                           {"error": str(error)})
-            except Exception as error:  # the page gets one line; the server goes on
-                print(f"warning: {self.command} {parts.path} failed: "
-                      f"{type(error).__name__}: {error}", file=sys.stderr)
-                self._json(500, {"error": f"The server could not answer ({type(error).__name__}: "
-                                          f"{str(error)[:200]})."})
-
-        def _json(self, status, data):
-            self._send(status, json.dumps(data).encode(), "application/json")
-
-        def _send(self, status, body, content_type):
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format, *args):  # noqa: A002 (http.server's signature)
-            pass  # one line per request would bury the address and the warnings
-
     server = http.server.ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
+    server.app, server.statics, server.daemon_threads = app, statics, True
     on_ready(f"http://{host}:{server.server_address[1]}/")
     try:
         server.serve_forever()
     finally:
         server.server_close()
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    """One request: self.server.app answers /api/, self.server.statics lists the files."""
+
+    def do_GET(self):  # noqa: N802 (the name http.server calls)
+        self._answer(lambda path, query: self._get(path, query))
+
+    def do_POST(self):  # noqa: N802
+        self._answer(lambda path, query: self._post(path, query))
+
+    def _get(self, path, query):
+        if path.startswith("/api/"):
+            return self._json(200, self.server.app.get(path[len("/api/"):], query))
+        statics = self.server.statics
+        if path not in statics or not os.path.isfile(statics[path]):
+            raise NotFound(path)
+        with open(statics[path], "rb") as f:
+            body = f.read()
+        content_type = CONTENT_TYPES.get(os.path.splitext(path)[1] or ".html",
+                                         "application/octet-stream")
+        return self._send(200, body, content_type)
+
+    def _post(self, path, query):
+        if not path.startswith("/api/"):
+            raise NotFound(path)
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_UPLOAD_BYTES:
+            self._discard(length)
+            raise UploadTooLarge(
+                f"The file is {length / 2**20:.1f} MB; uploads are limited to "
+                f"{MAX_UPLOAD_BYTES // 2**20} MB. Give a smaller image.")
+        body = self.rfile.read(length)
+        return self._json(200, self.server.app.post(path[len("/api/"):], query, body))
+
+    def _discard(self, length):
+        self.close_connection = True  # whatever is left unread is not another request
+        if length <= MAX_DISCARDED_BYTES:
+            while length > 0:
+                chunk = self.rfile.read(min(length, 2**20))
+                if not chunk:
+                    break  # the client stopped sending
+                length -= len(chunk)
+
+    def _answer(self, respond):
+        parts = urllib.parse.urlsplit(self.path)
+        path = urllib.parse.unquote(parts.path)
+        query = dict(urllib.parse.parse_qsl(parts.query))
+        try:
+            if ".." in path.split("/"):
+                raise NotFound(path)
+            respond(path, query)
+        except NotFound:
+            self._json(404, {"error": f"Nothing is served at {parts.path}."})
+        except ExplainedError as error:
+            self._json(413 if isinstance(error, UploadTooLarge) else 400,
+                       {"error": str(error)})
+        except Exception as error:  # the page gets one line; the server goes on
+            print(f"warning: {self.command} {parts.path} failed: "
+                  f"{type(error).__name__}: {error}", file=sys.stderr)
+            self._json(500, {"error": f"The server could not answer ({type(error).__name__}: "
+                                      f"{str(error)[:200]})."})
+
+    def _json(self, status, data):
+        self._send(status, json.dumps(data).encode(), "application/json")
+
+    def _send(self, status, body, content_type):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format, *args):  # noqa: A002 (http.server's signature)
+        pass  # one line per request would bury the address and the warnings

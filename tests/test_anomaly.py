@@ -239,3 +239,10 @@ def test_an_rgb_run_exports_a_scorer_that_agrees(tmp_path):
                         f"--out_dir={tmp_path / 'run'}", "--epochs=1", "--batch_size=16")
     assert result.returncode == 0, result.stderr[-3000:]
     export_and_compare(tmp_path / "run", coloured_squares(8, seed=5).astype("float32") / 255)
+
+
+@pytest.mark.slow
+def test_export_py_refuses_a_folder_that_is_no_run(tmp_path):
+    result = run_script("export.py", str(tmp_path))
+    assert result.returncode == 2 and "is not a run folder" in result.stderr
+    assert "Traceback" not in result.stderr and not os.listdir(tmp_path)
