@@ -61,3 +61,26 @@ def test_tf_data_autotuning_is_off():
     # With it on, TensorFlow 2.21 idles at the end of every epoch (see batches.py).
     batches = in_memory_batches(numbered_images(10), 4, shuffle_seed=0)
     assert batches.options().autotune.enabled is False
+
+
+def test_streamed_batches_are_the_in_memory_batches_of_the_same_seed(tmp_path):
+    """Two epochs of a labelled folder, streamed from disk and held in memory, batch by batch,
+    labels too. In memory this is the PyDataset that JAX and PyTorch train on; on TensorFlow
+    fit() reads memory through tf.data, whose shuffle is its own."""
+    from conftest import coloured_squares, write_images
+    from data import load_dataset
+    from plumbing.batches import _array_batches
+
+    write_images(tmp_path / "pics" / "a", coloured_squares(13, size=8, seed=1))
+    write_images(tmp_path / "pics" / "b", coloured_squares(11, size=8, seed=2))
+    streamed = load_dataset(str(tmp_path / "pics"), stream=True, seed=5)
+    in_memory = load_dataset(str(tmp_path / "pics"), stream=False, seed=5)
+    from_disk = streamed.training_input(batch_size=4, seed=5, conditional=True)
+    from_memory = _array_batches(in_memory.model_input(in_memory.x_train, in_memory.y_train,
+                                                       True), 4, shuffle_seed=5)
+    for _ in range(2):
+        disk, memory = one_epoch(from_disk), one_epoch(from_memory)
+        assert len(disk) == len(memory) == 6  # 24 images, 2 held out for testing: 22
+        for a, b in zip(disk, memory):
+            np.testing.assert_array_equal(a["image"], b["image"])
+            np.testing.assert_array_equal(a["label"], b["label"])
