@@ -47,7 +47,7 @@ EXPLORE_RULES = (
     ("path_steps", lambda value: 2 <= value <= 50, "2 to 50"),
 )
 USAGE = "python explore.py RUN_DIR [--port=8765]"
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+LOOPBACK = ("127.0.0.1", "localhost")
 PAGE_FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web")
 PAGE_FILES = ("page.js", "page.css")
 
@@ -89,15 +89,20 @@ class Explorer:
 
     def __init__(self, model, config, run_dir, settings):
         import measures
+        from cvae import build_anomaly_scorer
         from plumbing.image_files import prepare_file
-        from plumbing.run_folder import image_shape_of
+        from plumbing.run_folder import anomaly_rule, image_shape_of
 
         self.measures, self.prepare_file = measures, prepare_file
         self.model, self.config, self.settings, self.run_dir = model, config, settings, run_dir
         self.image_shape = image_shape_of(config)
         self.lock = threading.Lock()
         self.test_scores = read_test_scores(run_dir)
-        self.threshold = float(np.percentile(self.test_scores, settings["percentile"]))
+        # `anomalous` means what it means in score.py: for an inspection run, the deterministic
+        # anomaly score above the threshold kept with it.
+        self.rule = anomaly_rule(run_dir, self.test_scores, settings["percentile"])
+        self.scorer = (build_anomaly_scorer(model.encoder, model.decoder)
+                       if self.rule["column"] == "anomaly_score" else None)
         self.data, self.data_error, self.data_ready = None, None, threading.Event()
         self.z_mean, self.z_log_var, self.labels = cached_latents(self)
         self.dims = measures.most_informative_dims(
@@ -125,7 +130,8 @@ class Explorer:
         return {"image_shape": list(self.image_shape), "latent_dim": int(self.z_mean.shape[1]),
                 "dims": self.dims, "class_names": names,
                 "conditional": bool(self.model.conditional),
-                "percentile": self.settings["percentile"], "threshold": self.threshold,
+                "rule": f"{self.rule['column']} over {self.rule['threshold']:.2f} nats, "
+                        f"{self.rule['why']}",
                 "test_images": len(self.test_scores), "samples": self.settings["samples"],
                 "architecture": self.config.get("architecture", "article")}
 
@@ -136,7 +142,7 @@ class Explorer:
 
     def decode(self, query, body):
         request = _json_body(body)
-        z = np.asarray(request.get("z"), dtype="float32")
+        z = _finite_array(request.get("z"), "decode's z")
         require(z.ndim == 2 and z.shape[1] == self.z_mean.shape[1] and 1 <= len(z) <= 100,
                 f"decode takes 1 to 100 codes of {self.z_mean.shape[1]} numbers.")
         return {"images": [_image_json(image) for image in
@@ -144,7 +150,7 @@ class Explorer:
 
     def path(self, query, body):
         request = _json_body(body)
-        ends = np.asarray([request.get("start"), request.get("end")], dtype="float32")
+        ends = _finite_array([request.get("start"), request.get("end")], "a path's ends")
         require(ends.shape == (2, self.z_mean.shape[1]),
                 f"path takes a start and an end of {self.z_mean.shape[1]} numbers each.")
         line = self.measures.straight_line(ends[0], ends[1], self.settings["path_steps"])
@@ -152,7 +158,7 @@ class Explorer:
         return {"images": [_image_json(image) for image in images]}
 
     def test_point(self, query):
-        index = int(query.get("index", -1))
+        index = int(query["index"]) if str(query.get("index", "")).isdecimal() else -1
         require(0 <= index < len(self.test_scores),
                 f"index must be 0 to {len(self.test_scores) - 1}, not {index}.")
         require(self.data_ready.wait(timeout=120), "The test images are still loading.")
@@ -161,7 +167,7 @@ class Explorer:
         x = self.data.x_test[index:index + 1]
         labels = None if not self.model.conditional else self.labels[index:index + 1]
         answer = self._explain(x, labels, self.z_mean[index:index + 1])
-        answer.update(self._numbers(float(self.test_scores[index])), index=index,
+        answer.update(self._numbers(float(self.test_scores[index]), x, labels), index=index,
                       label=None if self.labels is None else int(self.labels[index]),
                       z_mean=self.z_mean[index].tolist())
         return answer
@@ -177,23 +183,27 @@ class Explorer:
             raise DataError(f"This file cannot be read as an image ({type(error).__name__}: "
                             f"{str(error)[:200]}). Give a PNG, JPEG, BMP or GIF file.") from None
         labels = self._label(query.get("label"), 1)
-        require(not self.model.conditional or labels is not None,
-                "This run is conditional: choose the image's class first.")
         x = pixels[None]
         with self.lock:
             scores, z_mean, z_log_var = self.measures.score_images(
                 self.model, x, self.settings["seed"], labels)
         answer = self._explain(x, labels, z_mean)
-        answer.update(self._numbers(float(scores[0])), z_mean=z_mean[0].tolist(),
+        answer.update(self._numbers(float(scores[0]), x, labels), z_mean=z_mean[0].tolist(),
                       z_sigma=np.exp(0.5 * z_log_var[0]).tolist())
         return answer
 
     # ---- helpers ---------------------------------------------------------------------------
-    def _numbers(self, score):
-        return {"score": score, "bits_per_dim": self.measures.bits_per_dim(score,
-                                                                          self.image_shape),
-                "percentile": float(100.0 * np.mean(self.test_scores <= score)),
-                "anomalous": bool(score > self.threshold)}
+    def _numbers(self, score, x, labels):
+        numbers = {"score": score,
+                   "bits_per_dim": self.measures.bits_per_dim(score, self.image_shape),
+                   "percentile": float(100.0 * np.mean(self.test_scores <= score))}
+        compared = score
+        if self.scorer is not None:
+            with self.lock:
+                anomaly, _ = self.measures.anomaly_scores(self.scorer, x, labels)
+            compared = numbers["anomaly_score"] = float(anomaly[0])
+        numbers["anomalous"] = bool(compared > self.rule["threshold"])
+        return numbers
 
     def _explain(self, x, labels, z_mean):
         """The image, its reconstruction from z_mean, and its uncertainty and loss maps."""
@@ -210,10 +220,11 @@ class Explorer:
             return self.measures.decode(self.model, z, labels=labels)
 
     def _label(self, value, count):
-        if not self.model.conditional or value in (None, ""):
+        if not self.model.conditional:
             return None
         names = self.config["data"]["class_names"]
-        require(str(value).isdigit() and int(value) < len(names),
+        require(value not in (None, ""), "This run is conditional: choose a class first.")
+        require(str(value).isdecimal() and int(value) < len(names),
                 f"label must be 0 to {len(names) - 1}, not {value!r}.")
         return np.full(count, int(value), "int32")
 
@@ -222,8 +233,10 @@ class Explorer:
         try:
             if self.data is None:
                 self.data = load_test_split(self.config, self.run_dir)
-        except (DataError, ConfigError) as error:
-            self.data_error = error
+        except Exception as error:  # shown on the page at the first click, not a 500
+            self.data_error = (error if isinstance(error, (DataError, ConfigError)) else
+                               DataError(f"The test images could not be loaded "
+                                         f"({type(error).__name__}: {error})."))
         finally:
             self.data_ready.set()
 
@@ -277,7 +290,11 @@ def cached_latents(explorer):
             np.savez(f, fingerprint=fingerprint, z_mean=z_mean, z_log_var=z_log_var,
                      labels=np.zeros(0, "int64") if labels is None else labels)
 
-    write_atomically(path, write)
+    try:
+        write_atomically(path, write)
+    except OSError as error:  # a read-only run folder: the page works, it starts slower
+        print(f"warning: cannot keep the latents in {path!r} ({error.strerror}); they will be "
+              f"computed again at the next start.", file=sys.stderr)
     return z_mean, z_log_var, labels
 
 
@@ -290,6 +307,15 @@ def _json_body(body):
         request = None
     require(isinstance(request, dict), "The request body must be a JSON object.")
     return request
+
+
+def _finite_array(value, what):
+    try:
+        array = np.asarray(value, dtype="float32")
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be lists of numbers.") from None
+    require(np.isfinite(array).all(), f"{what} must be finite numbers.")
+    return array
 
 
 def _image_json(image):

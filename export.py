@@ -40,11 +40,13 @@ def main(argv):
     from cvae import build_anomaly_scorer
     from data import load_dataset_of_run
     from plumbing.atomic_files import write_atomically
-    from plumbing.run_folder import SCORER_FILE, load_run
+    from plumbing.run_folder import SCORER_FILE, load_run, require_same_data
 
     config, model = load_run(run_dir)
     scorer = build_anomaly_scorer(model.encoder, model.decoder)
     data = load_dataset_of_run(config)
+    summary = {key: value for key, value in data.summary().items() if key != "train_images"}
+    require_same_data(run_dir, config.get("data"), summary)
     count = max(1, min(settings["check_images"], len(data.x_test)))
     inputs = [data.x_test[:count]] + ([data.y_test[:count].astype("int32")]
                                       if model.conditional else [])
@@ -106,7 +108,7 @@ def check_against_keras(path, inputs, expected):
     import onnxruntime
 
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-    feed = {spec.name: value for spec, value in zip(session.get_inputs(), inputs)}
+    feed = dict(zip(("image", "label"), inputs))  # by name: the scorer's own input names
     scores, maps = session.run(["anomaly_score", "pixel_loss"], feed)
     score_gap = float(np.max(np.abs(scores - expected[0])))
     pixel_gap = float(np.max(np.abs(maps - expected[1])))

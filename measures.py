@@ -319,6 +319,11 @@ def aupro(maps, masks, max_fpr=0.3, thresholds=300):
     # Thresholds at evenly spaced false-positive rates from 0 to max_fpr.
     rates = np.linspace(0.0, max_fpr, thresholds)
     levels = np.quantile(normal, 1.0 - rates)
+    # And the next distinct value below the last: tied pixels can keep every quantile's rate
+    # short of max_fpr, and the curve must then be interpolated towards a point beyond it.
+    below = normal[normal < levels[-1]]
+    if below.size:
+        levels = np.r_[levels, below[-1]]
     fpr = 1.0 - np.searchsorted(normal, levels, side="right") / len(normal)
     pro = np.mean([1.0 - np.searchsorted(region, levels, side="right") / len(region)
                    for region in regions], axis=0)

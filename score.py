@@ -90,30 +90,17 @@ def main(argv):
 
 
 def decision_rule(run_dir, test_scores, settings):
-    """What `anomalous` means: anomaly_score above --threshold or above the threshold kept with
-    an inspection run (anomaly_threshold.json); else, as for any run, the negative ELBO above
-    the --percentile-th of the run's test scores. A dict: column, threshold, why, and the pixel
-    threshold and smoothing of the predicted masks (None without a kept threshold)."""
-    from plumbing.atomic_files import read_json
-    from plumbing.run_folder import ANOMALY_THRESHOLD_FILE
+    """What `anomalous` means here (plumbing/run_folder.py's anomaly_rule, as in the explorer);
+    --masks needs the pixel threshold that only an inspection run keeps."""
+    from plumbing.run_folder import ANOMALY_THRESHOLD_FILE, anomaly_rule
 
-    path = os.path.join(run_dir, ANOMALY_THRESHOLD_FILE)
-    kept = read_json(path) if os.path.isfile(path) else None
-    require(settings["masks"] is None or kept is not None,
+    rule = anomaly_rule(run_dir, test_scores, settings["percentile"], settings["threshold"])
+    require(settings["masks"] is None or rule["pixel_threshold"] is not None,
             f"--masks needs the pixel threshold that evaluating an inspection run keeps in "
-            f"{path!r}, and this run has none: train it on a folder in the inspection layout "
-            f"(train/good/, test/good/, test/<defect>/).", RunError)
-    rule = {"pixel_threshold": None if kept is None else kept["pixel_threshold"],
-            "smoothing_sigma": None if kept is None else kept["smoothing_sigma"]}
-    if settings["threshold"] is not None:
-        return {**rule, "column": "anomaly_score", "threshold": settings["threshold"],
-                "why": "the --threshold given"}
-    if kept is not None:
-        return {**rule, "column": "anomaly_score", "threshold": kept["image_threshold"],
-                "why": f"the threshold kept with the run ({kept['rule']})"}
-    return {**rule, "column": "negative_elbo_nats",
-            "threshold": float(np.percentile(test_scores, settings["percentile"])),
-            "why": f"the {settings['percentile']:g}th percentile of the run's test scores"}
+            f"{os.path.join(run_dir, ANOMALY_THRESHOLD_FILE)!r}, and this run has none: train it "
+            f"on a folder in the inspection layout (train/good/, test/good/, test/<defect>/).",
+            RunError)
+    return rule
 
 
 def read_test_scores(run_dir):

@@ -45,12 +45,17 @@ def load_inspection_folder(root, image_size, channels, test_fraction, seed):
                                               channels)
     train_files, _, x_normal = image_files.decode_all(train_files, None, size, channels,
                                                       keep=True)
+    listed = test_files
     test_files, test_labels, x_test = image_files.decode_all(test_files, test_labels, size,
                                                              channels, keep=True)
+    empty = [name for label, name in enumerate(class_names) if not np.any(test_labels == label)]
+    if empty:
+        raise DataError(f"In {root!r}, test/{empty[0]}/ has no readable image: every kind of "
+                        f"test image needs at least one to be measured.")
     (x_train, _), (x_val, _) = arrays.hold_out(x_normal, None, test_fraction, seed,
                                                f"train/good of {root!r}")
-    masks, has_mask = _read_masks(root, folders.get("ground_truth"), test_files, test_labels,
-                                  class_names, size)
+    masks, has_mask = _read_masks(root, folders, listed, test_files, test_labels, class_names,
+                                  size)
     return {"image_shape": (*size, channels), "x_train": x_train, "y_train": None,
             "x_test": x_test, "y_test": test_labels, "class_names": class_names,
             "x_val": x_val, "test_masks": masks, "has_mask": has_mask}
@@ -76,29 +81,40 @@ def _check_layout(root):
     return folders
 
 
-def _read_masks(root, truth_folder, test_files, test_labels, class_names, size):
-    """(masks, has_mask) of the test images; refuses a mask without an image or of another
-    size than its image, and says which defect images have no mask."""
+def _mask_key(path, folder):
+    """A file's path under folder, without its extension: test/<kind>/a/001.png and
+    ground_truth/<kind>/a/001_mask.png meet at ("a/001", ...)."""
+    return os.path.splitext(os.path.relpath(path, folder))[0]
+
+
+def _read_masks(root, folders, listed, test_files, test_labels, class_names, size):
+    """(masks, has_mask) of the decoded test images; refuses a mask without an image, two
+    images that one mask would fit, or a mask of another size than its image, and says which
+    defect images have no mask. listed: the test files before the unreadable ones were left out
+    (their masks are left out with them)."""
     masks = np.zeros((len(test_files), *size), np.uint8)
     has_mask = test_labels == 0
+    index_of = {path: index for index, path in enumerate(test_files)}
     expected = {}
-    for index, path in enumerate(test_files):
-        kind = class_names[test_labels[index]]
-        stem = os.path.splitext(os.path.basename(path))[0]
-        expected[(kind, stem + MASK_SUFFIX)] = index
-    found = []
-    if truth_folder is not None:
-        for kind in image_files.subfolders(truth_folder):
-            mask_files, _ = image_files.list_class_folder(os.path.join(truth_folder, kind))
-            found += [(kind, path) for path in mask_files]
-    for kind, path in found:
-        key = (kind, os.path.splitext(os.path.basename(path))[0])
-        if key not in expected:
-            raise DataError(f"The mask {path!r} has no image: ground_truth/{kind}/<name>"
-                            f"{MASK_SUFFIX}.png belongs to test/{kind}/<name>.png. Add the image "
-                            f"or remove the mask.")
-        index = expected[key]
-        masks[index], has_mask[index] = _read_mask(path, test_files[index], size), True
+    for path in listed:
+        kind = os.path.relpath(path, folders["test"]).split(os.sep)[0]
+        key = (kind, _mask_key(path, os.path.join(folders["test"], kind)) + MASK_SUFFIX)
+        if key in expected:
+            raise DataError(f"{expected[key]!r} and {path!r} differ only in their extension, so "
+                            f"one mask would belong to both; rename one of them.")
+        expected[key] = path
+    truth = folders.get("ground_truth")
+    for kind in image_files.subfolders(truth) if truth is not None else []:
+        for path in image_files.list_class_folder(os.path.join(truth, kind))[0]:
+            key = (kind, _mask_key(path, os.path.join(truth, kind)))
+            if key not in expected or kind == GOOD:
+                raise DataError(
+                    f"The mask {path!r} has no image among the defective ones: "
+                    f"ground_truth/<defect>/<name>{MASK_SUFFIX}.png belongs to "
+                    f"test/<defect>/<name>.png. Add the image or remove the mask.")
+            if expected[key] in index_of:  # else its image could not be read, and is left out
+                index = index_of[expected[key]]
+                masks[index], has_mask[index] = _read_mask(path, expected[key], size), True
     missing = int(np.sum(~has_mask))
     if missing:
         print(f"{missing} defective test image(s) in {root!r} have no mask: they are evaluated "

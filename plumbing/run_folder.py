@@ -10,6 +10,7 @@ import shutil
 import sys
 
 import keras
+import numpy as np
 
 from cvae import build_cvae
 from plumbing.arrays import MNIST_IMAGE_SHAPE
@@ -179,6 +180,27 @@ def require_same_data(run_dir, old_data, new_data):
             f"The data of the run in {run_dir!r} has changed since it was trained "
             f"({'; '.join(changed)}). Restore the data, or train a new run in another --out_dir "
             f"(or with --overwrite=True).")
+
+
+def anomaly_rule(run_dir, test_scores, percentile, threshold=None):
+    """What `anomalous` means for a run's images, in score.py and the explorer alike: the
+    deterministic anomaly_score above `threshold` when one is given, or above the threshold kept
+    with an inspection run (anomaly_threshold.json); else the negative ELBO above the
+    percentile-th of the run's test scores. A dict: column, threshold, why, and the kept pixel
+    threshold and smoothing (None without a kept threshold)."""
+    path = os.path.join(run_dir, ANOMALY_THRESHOLD_FILE)
+    kept = read_json(path) if os.path.isfile(path) else None
+    rule = {"pixel_threshold": None if kept is None else kept["pixel_threshold"],
+            "smoothing_sigma": None if kept is None else kept["smoothing_sigma"]}
+    if threshold is not None:
+        return {**rule, "column": "anomaly_score", "threshold": threshold,
+                "why": "the --threshold given"}
+    if kept is not None:
+        return {**rule, "column": "anomaly_score", "threshold": kept["image_threshold"],
+                "why": f"the threshold kept with the run ({kept['rule']})"}
+    return {**rule, "column": "negative_elbo_nats",
+            "threshold": float(np.percentile(test_scores, percentile)),
+            "why": f"the {percentile:g}th percentile of the run's test scores"}
 
 
 # ---- the run folder of train.py ----------------------------------------------------------------

@@ -152,14 +152,20 @@ TEST_SIGNAL_VARIABLE = "CVAE_TEST_SIGNAL"
 
 def _planned_test_signal():
     """(signal number, where) from $CVAE_TEST_SIGNAL: where is (epoch, batch), 1-based, or
-    "evaluation"; None when it is unset."""
+    "evaluation"; None when it is unset. A malformed plan stops the run at once, saying so."""
     planned = os.environ.get(TEST_SIGNAL_VARIABLE)
     if not planned:
         return None
     name, _, where = planned.partition("@")
-    if where != "evaluation":
-        where = tuple(int(part) for part in where.split("."))
-    return getattr(signal, name), where
+    try:
+        number = getattr(signal, name)
+        if where != "evaluation":
+            where = tuple(int(part) for part in where.split("."))
+            assert len(where) == 2
+    except (AttributeError, ValueError, AssertionError):
+        raise ValueError(f"{TEST_SIGNAL_VARIABLE}={planned!r}: give NAME@EPOCH.BATCH or "
+                         f"NAME@evaluation, for example SIGKILL@2.3.") from None
+    return number, where
 
 
 def send_test_signal_at(where):
@@ -172,8 +178,13 @@ def send_test_signal_at(where):
 class PlannedSignal(keras.callbacks.Callback):
     """Sends the run the signal $CVAE_TEST_SIGNAL plans, at the end of the batch it names."""
 
+    def __init__(self):
+        super().__init__()
+        self.planned = _planned_test_signal()  # read once, and checked before training starts
+
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch + 1
 
     def on_train_batch_end(self, batch, logs=None):
-        send_test_signal_at((self.epoch, batch + 1))
+        if self.planned is not None and self.planned[1] == (self.epoch, batch + 1):
+            os.kill(os.getpid(), self.planned[0])

@@ -7,6 +7,8 @@ every rule of what may be served in the few lines below, where a reader can chec
 - it serves its own page's files, the run's figures named in a fixed list, and /api/ answers;
   any other path, one with `..` in it included, gets 404;
 - an upload larger than MAX_UPLOAD_BYTES is refused before it is read;
+- on 127.0.0.1 it answers only requests addressed to 127.0.0.1 or localhost (its Host header):
+  a web page elsewhere cannot reach it through a DNS name made to point at this machine;
 - a request that fails gets a JSON {"error": message}: the message of an ExplainedError (400),
   or a one-line summary of anything else (500). The page shows it; no traceback reaches it, and
   the server goes on answering.
@@ -36,6 +38,10 @@ class UploadTooLarge(ExplainedError):
     """An upload over MAX_UPLOAD_BYTES."""
 
 
+class NotAllowed(Exception):
+    """A request addressed to another host name than this server's own (DNS rebinding)."""
+
+
 def serve(app, page_folder, page_files, run_dir, run_files, host, port, on_ready):
     """Answer requests until Ctrl-C: "/" and /page/NAME from page_folder (NAME in page_files),
     /run/NAME from run_dir (NAME in run_files), /api/NAME from app.get(NAME, query) and
@@ -45,6 +51,9 @@ def serve(app, page_folder, page_files, run_dir, run_files, host, port, on_ready
     statics.update({f"/run/{name}": os.path.join(run_dir, name) for name in run_files})
     server = http.server.ThreadingHTTPServer((host, port), Handler)
     server.app, server.statics, server.daemon_threads = app, statics, True
+    port = server.server_address[1]
+    server.hosts = ({f"127.0.0.1:{port}", f"localhost:{port}"} if host in ("127.0.0.1", "localhost")
+                    else None)  # another --host: any name, as the warning said
     on_ready(f"http://{host}:{server.server_address[1]}/")
     try:
         server.serve_forever()
@@ -76,7 +85,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def _post(self, path, query):
         if not path.startswith("/api/"):
             raise NotFound(path)
-        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+            assert length >= 0
+        except (ValueError, AssertionError):
+            self.close_connection = True
+            raise ExplainedError("The request's Content-Length is not a size in bytes.") from None
         if length > MAX_UPLOAD_BYTES:
             self._discard(length)
             raise UploadTooLarge(
@@ -99,9 +113,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
         path = urllib.parse.unquote(parts.path)
         query = dict(urllib.parse.parse_qsl(parts.query))
         try:
+            hosts = self.server.hosts
+            if hosts is not None and self.headers.get("Host") not in hosts:
+                raise NotAllowed()
             if ".." in path.split("/"):
                 raise NotFound(path)
             respond(path, query)
+        except NotAllowed:
+            self._json(403, {"error": "This server answers only requests to 127.0.0.1."})
         except NotFound:
             self._json(404, {"error": f"Nothing is served at {parts.path}."})
         except ExplainedError as error:
@@ -117,12 +136,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self._send(status, json.dumps(data).encode(), "application/json")
 
     def _send(self, status, body, content_type):
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:  # the client went away: nobody is left to answer
+            self.close_connection = True
+
+    def send_error(self, code, message=None, explain=None):
+        """http.server's own refusals (a malformed request, an unknown method), in JSON too."""
+        self.close_connection = True
+        self._json(code, {"error": message or f"The request was refused ({code})."})
 
     def log_message(self, format, *args):  # noqa: A002 (http.server's signature)
         pass  # one line per request would bury the address and the warnings

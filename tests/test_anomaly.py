@@ -75,6 +75,22 @@ def test_aupro_matches_an_independent_sweep_over_every_threshold():
     assert measures.aupro(maps, masks, thresholds=2000) == pytest.approx(expected, abs=0.01)
 
 
+def test_aupro_with_tied_pixels_matches_the_sweep_over_every_threshold():
+    rng = np.random.default_rng(3)
+    masks = np.zeros((4, 12, 12), np.uint8)
+    masks[:, 3:7, 3:7] = 1
+    maps = np.round(rng.random(masks.shape) + 0.4 * masks, 1)  # eleven values: many ties
+    normal = maps[masks == 0]
+    regions = [maps[i][masks[i] > 0] for i in range(4)]
+    levels = np.unique(maps)[::-1]
+    fpr = np.array([np.mean(normal > level) for level in levels])
+    pro = np.array([np.mean([np.mean(region > level) for region in regions]) for level in levels])
+    # The exact curve is piecewise linear between operating points: its area up to 0.3.
+    grid = np.linspace(0, 0.3, 3001)
+    expected = np.trapezoid(np.interp(grid, fpr, pro), grid) / 0.3
+    assert measures.aupro(maps, masks) == pytest.approx(expected, abs=2e-3)
+
+
 # ---- the folder ----------------------------------------------------------------------------------
 def digits(n=400, seed=0):
     raw = fake_mnist_arrays(n_train=n, n_test=10, seed=seed)["x_train"]
@@ -99,6 +115,15 @@ def test_an_inspection_folder_trains_on_good_images_and_keeps_its_masks(tmp_path
     assert not data.test_masks[data.y_test == 0].any()
 
 
+def test_an_unreadable_defect_image_is_skipped_with_its_mask(tmp_path, capsys):
+    root = tmp_path / "set"
+    write_inspection_set(str(root), digits(), n_train=20, n_good=4, n_per_defect=3)
+    (root / "test" / "blob" / "0001.png").write_bytes(b"not a png")
+    data = load_dataset(str(root))
+    assert np.sum(data.y_test == data.class_names.index("blob")) == 2
+    assert "0001.png" in capsys.readouterr().err  # named in the warning of files skipped
+
+
 @pytest.mark.parametrize("spoil, message", [
     (lambda root: os.makedirs(root / "train" / "scratch"), "train/ holds scratch/"),
     (lambda root: Image.new("L", (20, 20)).save(root / "ground_truth" / "blob" / "0000_mask.png"),
@@ -106,6 +131,8 @@ def test_an_inspection_folder_trains_on_good_images_and_keeps_its_masks(tmp_path
     (lambda root: Image.new("L", (28, 28)).save(root / "ground_truth" / "blob" / "0099_mask.png"),
      "has no image"),
     (lambda root: os.makedirs(root / "validation"), "may hold only train/, test/ and"),
+    (lambda root: [path.write_bytes(b"junk") for path in (root / "test" / "hole").iterdir()],
+     "test/hole/ has no readable image"),
 ])
 def test_a_broken_inspection_folder_is_refused_in_one_paragraph(tmp_path, spoil, message):
     root = tmp_path / "set"

@@ -180,6 +180,26 @@ def test_only_its_own_files_and_the_run_figures_are_served(grey_explorer, path):
     assert status == 404 and b"Nothing is served" in body
 
 
+def raw_request(address, lines):
+    """The status line's code of a request written by hand, byte for byte."""
+    import socket
+
+    parts = urllib.parse.urlsplit(address)
+    with socket.create_connection((parts.hostname, parts.port), timeout=60) as connection:
+        connection.sendall("\r\n".join(lines).encode() + b"\r\n\r\n")
+        return int(connection.recv(4096).split(b" ")[1])
+
+
+def test_a_request_for_another_host_name_or_with_a_bad_length_is_refused(grey_explorer):
+    port = urllib.parse.urlsplit(grey_explorer[1]).port
+    # A page of some other site, its name pointed at 127.0.0.1 (DNS rebinding), gets nothing.
+    assert raw_request(grey_explorer[1], ["GET /api/latents HTTP/1.1",
+                                          f"Host: attacker.example:{port}"]) == 403
+    assert raw_request(grey_explorer[1], ["POST /api/score HTTP/1.1", f"Host: 127.0.0.1:{port}",
+                                          "Content-Length: -1"]) == 400
+    assert request(grey_explorer[1], "GET", "/api/info")[0] == 200
+
+
 def test_what_it_serves(grey_explorer):
     address = grey_explorer[1]
     for path in ("/", "/page/page.js", "/page/page.css", "/run/latent_space.png"):

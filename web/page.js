@@ -11,6 +11,9 @@ const state = {
   info: null, points: null, bounds: null, background: null,
   pointer: null, inFlight: false, pending: null, latencies: [],
   selected: null, own: null, pathEnds: [], pathMode: false,
+  // Each click, upload or path gets a ticket: an answer that arrives after a newer request was
+  // made is dropped, so a slow answer never overwrites a newer one.
+  tickets: { selected: 0, path: 0 },
 };
 window.explorerLatencies = state.latencies;  // read by the browser test
 
@@ -200,10 +203,11 @@ function requestDecode(z, started) {
   api("/api/decode", { method: "POST", body: JSON.stringify({ z: [z], label: classLabel() }) })
     .then((answer) => {
       drawPixels($("decoded"), answer.images[0], false);
+      if ($("message").textContent.startsWith("decode: ")) showMessage("");
       state.latencies.push(performance.now() - started);
       showLatency();
     })
-    .catch((error) => showMessage(error.message))
+    .catch((error) => showMessage(`decode: ${error.message}`))
     .finally(() => {
       state.inFlight = false;
       if (state.pending) {
@@ -221,10 +225,16 @@ function showLatency() {
     `${sorted.length} moves.`;
 }
 
+// The pointer's position in the canvas's own pixels (its border and any CSS scaling left out).
+function canvasPoint(event) {
+  const canvas = event.target;
+  return [event.offsetX * canvas.width / canvas.clientWidth,
+          event.offsetY * canvas.height / canvas.clientHeight];
+}
+
 function onPointerMove(event) {
   const started = performance.now();
-  const rect = event.target.getBoundingClientRect();
-  const z = latentAt(event.clientX - rect.left, event.clientY - rect.top);
+  const z = latentAt(...canvasPoint(event));
   const [d0, d1] = state.info.dims;
   $("pointer-z").textContent = `z[${d0}] = ${z[d0].toFixed(2)}, z[${d1}] = ${z[d1].toFixed(2)}`;
   requestDecode(z, started);
@@ -242,9 +252,7 @@ function nearestTestPoint(px, py) {
 }
 
 function onPlaneClick(event) {
-  const rect = event.target.getBoundingClientRect();
-  const px = event.clientX - rect.left;
-  const py = event.clientY - rect.top;
+  const [px, py] = canvasPoint(event);
   if ($("path-mode").checked) {
     addPathEnd(latentAt(px, py));
     return;
@@ -252,11 +260,15 @@ function onPlaneClick(event) {
   const index = nearestTestPoint(px, py);
   if (index === null) return;
   state.selected = index;
+  state.own = null;  // the ellipse belongs to the image shown, and this one is not yours
   redrawPlane();
+  const ticket = ++state.tickets.selected;
   api(`/api/test_point?index=${index}`)
-    .then((answer) => showSelected(answer, `Test image ${index}` +
-      (answer.label !== null && state.info.class_names ?
-        ` (${state.info.class_names[answer.label]})` : "")))
+    .then((answer) => {
+      if (ticket !== state.tickets.selected) return;
+      showSelected(answer, `Test image ${index}` + (answer.label !== null &&
+        state.info.class_names ? ` (${state.info.class_names[answer.label]})` : ""));
+    })
     .catch((error) => showMessage(error.message));
 }
 
@@ -272,21 +284,24 @@ function showSelected(answer, title) {
   $("cap-loss").textContent = `loss (0 to ${answer.loss.max.toFixed(2)} nats)`;
   const flag = answer.anomalous ?
     '<span class="anomalous">anomalous</span>' : "not anomalous";
+  const anomaly = answer.anomaly_score === undefined ? "" :
+    `; anomaly score ${answer.anomaly_score.toFixed(2)} nats`;
   $("numbers").innerHTML =
     `Negative ELBO <b id="score-value">${answer.score.toFixed(2)}</b> nats ` +
-    `(${answer.bits_per_dim.toFixed(4)} bits per dimension); percentile ` +
+    `(${answer.bits_per_dim.toFixed(4)} bits per dimension)${anomaly}; percentile ` +
     `<b id="percentile-value">${answer.percentile.toFixed(1)}</b> of the ` +
-    `${state.info.test_images} test scores: ${flag} (threshold ` +
-    `${state.info.threshold.toFixed(2)} nats, the ${state.info.percentile}th percentile).`;
+    `${state.info.test_images} test scores: ${flag} (${state.info.rule}).`;
   state.lastCode = answer.z_mean;
 }
 
 // ---- your own image -------------------------------------------------------------------------
 async function scoreBlob(blob, name) {
   const label = classLabel();
+  const ticket = ++state.tickets.selected;
   try {
     const answer = await api(`/api/score${label === null ? "" : `?label=${label}`}`,
                              { method: "POST", body: blob });
+    if (ticket !== state.tickets.selected) return;
     state.selected = null;
     state.own = { zMean: answer.z_mean, zSigma: answer.z_sigma };
     redrawPlane();
@@ -353,9 +368,11 @@ function addPathEnd(z) {
 
 async function decodePath() {
   const [start, end] = state.pathEnds;
+  const ticket = ++state.tickets.path;
   try {
     const answer = await api("/api/path", { method: "POST",
       body: JSON.stringify({ start, end, label: classLabel() }) });
+    if (ticket !== state.tickets.path) return;
     const strip = $("path-strip");
     strip.innerHTML = "";
     answer.images.forEach((image) => {
