@@ -196,10 +196,10 @@ def build_and_compile(config, data, device_count, distributed):
         total_steps = config["epochs"] * -(-images_per_epoch // config["batch_size"])
         warmup_steps = fitted_warmup(config["warmup_steps"], total_steps)
         if warmup_steps < config["warmup_steps"]:
-            print(f"A short run: {total_steps} steps, so the warm-up takes {warmup_steps} of "
-                  f"them instead of warmup_steps={config['warmup_steps']} (a fifth of the run, "
-                  f"at least {MIN_WARMUP_STEPS})"
-                  + ("." if warmup_steps < total_steps else "; the peak rate is never reached."))
+            print(f"A short run of {total_steps} steps: the warm-up is cut from warmup_steps="
+                  f"{config['warmup_steps']} to {warmup_steps} (a fifth of the run, at least "
+                  f"{MIN_WARMUP_STEPS})" + ("." if warmup_steps < total_steps else
+                                            ", still the whole run: it never reaches its peak."))
         # The XLA-compiled update cannot run inside tf.distribute's replicas (it would have to
         # sum their gradients inside a nested compiled function, which TensorFlow refuses).
         model.compile(optimizer=make_optimizer(

@@ -158,7 +158,7 @@ def inspection_run(tmp_path_factory):
 def test_an_inspection_run_reports_image_and_pixel_metrics_and_keeps_its_threshold(
         inspection_run):
     run_dir, root, result = inspection_run
-    assert "the warm-up takes 50 of them instead of warmup_steps=500" in result.stdout
+    assert "the warm-up is cut from warmup_steps=500 to 50" in result.stdout
     metrics = json.loads((run_dir / "metrics.json").read_text())
     anomaly = metrics["anomaly"]
     kept = json.loads((run_dir / "anomaly_threshold.json").read_text())
