@@ -135,13 +135,31 @@ def load_dataset(dataset="mnist", data_path=None, image_size=None, channels=None
         f"relative path is taken from {os.getcwd()!r}).")
 
 
-def load_dataset_of_run(config):
+def load_dataset_of_run(config, run_dir=None):
     """The data a run was trained on, loaded again from its config.json's settings (runs made
-    before other datasets existed were MNIST's, with only data_path)."""
-    return load_dataset(config.get("dataset", "mnist"), config.get("data_path"),
+    before other datasets existed were MNIST's, with only data_path). With run_dir, refused if
+    it is no longer the data the run in run_dir recorded (its training count aside, which
+    holdout_class and train_subset change after loading)."""
+    data = load_dataset(config.get("dataset", "mnist"), config.get("data_path"),
                         config.get("image_size"), config.get("channels"),
                         config.get("test_fraction", 0.1), config.get("seed", 0),
                         config.get("stream"))
+    if run_dir is not None:
+        summary = {key: value for key, value in data.summary().items() if key != "train_images"}
+        require_same_data(run_dir, config.get("data"), summary)
+    return data
+
+
+def require_same_data(run_dir, old_data, new_data):
+    """Refuse to resume or evaluate a run whose data has changed since it was trained (images
+    added to a folder would move between the splits; another size would not fit the model)."""
+    changed = [f"{key}: {old_data[key]!r} then, {new_data[key]!r} now" for key in new_data
+               if key in (old_data or {}) and old_data[key] != new_data[key]]
+    if changed:
+        raise ConfigError(
+            f"The data of the run in {run_dir!r} has changed since it was trained "
+            f"({'; '.join(changed)}). Restore the data, or train a new run in another --out_dir "
+            f"(or with --overwrite=True).")
 
 
 def load_mnist(data_path=None):

@@ -57,13 +57,10 @@ def main(argv):
     check_rules(settings, EVALUATION_RULES)
     quiet_tensorflow()
     from data import load_dataset_of_run
-    from plumbing.run_folder import load_run, require_same_data
+    from plumbing.run_folder import load_run
 
     config, model = load_run(run_dir)
-    data = load_dataset_of_run(config)
-    # The training count is left out: holdout_class and train_subset change it after loading.
-    summary = {key: value for key, value in data.summary().items() if key != "train_images"}
-    require_same_data(run_dir, config.get("data"), summary)
+    data = load_dataset_of_run(config, run_dir)
     evaluate_run(model, config, data, run_dir, settings)
     print(f"Figures and metrics.json written to {run_dir}/")
     return 0

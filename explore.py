@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 
+from data import load_dataset_of_run
 from plumbing.command_line import (
     check_rules,
     parse_overrides,
@@ -29,7 +30,7 @@ from plumbing.command_line import (
     run_command,
     split_run_dir,
 )
-from plumbing.errors import ConfigError, DataError, RunError, require
+from plumbing.errors import ConfigError, DataError, require
 
 EXPLORE_DEFAULTS = {
     "port": 8765,  # 0: any free port
@@ -91,7 +92,7 @@ class Explorer:
         import measures
         from cvae import build_anomaly_scorer
         from plumbing.image_files import prepare_file
-        from plumbing.run_folder import anomaly_rule, image_shape_of
+        from plumbing.run_folder import anomaly_rule, image_shape_of, read_test_scores
 
         self.measures, self.prepare_file = measures, prepare_file
         self.model, self.config, self.settings, self.run_dir = model, config, settings, run_dir
@@ -232,34 +233,13 @@ class Explorer:
         """In the background, so that the page is usable while the test images load."""
         try:
             if self.data is None:
-                self.data = load_test_split(self.config, self.run_dir)
+                self.data = load_dataset_of_run(self.config, self.run_dir)
         except Exception as error:  # shown on the page at the first click, not a 500
             self.data_error = (error if isinstance(error, (DataError, ConfigError)) else
                                DataError(f"The test images could not be loaded "
                                          f"({type(error).__name__}: {error})."))
         finally:
             self.data_ready.set()
-
-
-def read_test_scores(run_dir):
-    from plumbing.run_folder import SCORES_FILE
-
-    path = os.path.join(run_dir, SCORES_FILE)
-    if not os.path.isfile(path):
-        raise RunError(f"{path!r} is missing: the run has no test-split scores to rank an image "
-                       f"in. Run `python evaluate.py {run_dir}` first.")
-    return np.load(path, allow_pickle=False)
-
-
-def load_test_split(config, run_dir):
-    """The run's data, loaded again as evaluate.py loads it, and checked to be the same."""
-    from data import load_dataset_of_run
-    from plumbing.run_folder import require_same_data
-
-    data = load_dataset_of_run(config)
-    summary = {key: value for key, value in data.summary().items() if key != "train_images"}
-    require_same_data(run_dir, config.get("data"), summary)
-    return data
 
 
 def cached_latents(explorer):
@@ -279,7 +259,7 @@ def cached_latents(explorer):
                 return cache["z_mean"], cache["z_log_var"], labels
     except (OSError, KeyError, ValueError):
         pass  # no cache, or an old or damaged one: computed again below
-    explorer.data = load_test_split(explorer.config, run_dir)
+    explorer.data = load_dataset_of_run(explorer.config, run_dir)
     labels = explorer.data.y_test
     z_mean, z_log_var = explorer.measures.encode(
         explorer.model, explorer.data.x_test,

@@ -40,13 +40,11 @@ def main(argv):
     from cvae import build_anomaly_scorer
     from data import load_dataset_of_run
     from plumbing.atomic_files import write_atomically
-    from plumbing.run_folder import SCORER_FILE, load_run, require_same_data
+    from plumbing.run_folder import SCORER_FILE, load_run
 
     config, model = load_run(run_dir)
     scorer = build_anomaly_scorer(model.encoder, model.decoder)
-    data = load_dataset_of_run(config)
-    summary = {key: value for key, value in data.summary().items() if key != "train_images"}
-    require_same_data(run_dir, config.get("data"), summary)
+    data = load_dataset_of_run(config, run_dir)
     count = max(1, min(settings["check_images"], len(data.x_test)))
     inputs = [data.x_test[:count]] + ([data.y_test[:count].astype("int32")]
                                       if model.conditional else [])

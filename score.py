@@ -63,7 +63,7 @@ def main(argv):
     from plumbing import run_folder
 
     config, model = run_folder.load_run(run_dir)
-    test_scores = read_test_scores(run_dir)
+    test_scores = run_folder.read_test_scores(run_dir)
     rule = decision_rule(run_dir, test_scores, settings)
     image_shape = run_folder.image_shape_of(config)
     label = label_of_run(settings["class_name"], config)
@@ -101,17 +101,6 @@ def decision_rule(run_dir, test_scores, settings):
             f"on a folder in the inspection layout (train/good/, test/good/, test/<defect>/).",
             RunError)
     return rule
-
-
-def read_test_scores(run_dir):
-    """The run's test-split scores (test_scores.npy), which a new image's score is ranked in."""
-    from plumbing.run_folder import SCORES_FILE
-
-    path = os.path.join(run_dir, SCORES_FILE)
-    if not os.path.isfile(path):
-        raise RunError(f"{path!r} is missing: the run has no test-split scores to compare with. "
-                       f"Run `python evaluate.py {run_dir}`.")
-    return np.load(path, allow_pickle=False)
 
 
 def score_images(model, x, names, label, test_scores, rule, image_shape, settings):

@@ -17,7 +17,7 @@ import sys
 import numpy as np
 
 import evaluate
-from data import KERAS_DATASETS
+from data import KERAS_DATASETS, require_same_data
 from plumbing.command_line import check_rules, parse_overrides, quiet_tensorflow, run_command
 from plumbing.devices import DISTRIBUTIONS
 from plumbing.errors import require
@@ -243,7 +243,7 @@ def check_model_fits_data(data, config):
             f"class subfolders (or y_train and y_test), or leave conditional as False.")
     config_path = os.path.join(config["out_dir"], run_folder.CONFIG_FILE)
     if not config["overwrite"] and os.path.exists(config_path):
-        run_folder.require_same_data(config["out_dir"], read_json(config_path).get(
+        require_same_data(config["out_dir"], read_json(config_path).get(
             "data"), config["data"])
 
 

@@ -170,16 +170,13 @@ def load_run(run_dir):
     return config, model
 
 
-def require_same_data(run_dir, old_data, new_data):
-    """Refuse to resume or evaluate a run whose data has changed since it was trained (images
-    added to a folder would move between the splits; another size would not fit the model)."""
-    changed = [f"{key}: {old_data[key]!r} then, {new_data[key]!r} now" for key in new_data
-               if key in (old_data or {}) and old_data[key] != new_data[key]]
-    if changed:
-        raise ConfigError(
-            f"The data of the run in {run_dir!r} has changed since it was trained "
-            f"({'; '.join(changed)}). Restore the data, or train a new run in another --out_dir "
-            f"(or with --overwrite=True).")
+def read_test_scores(run_dir):
+    """The run's test-split scores (test_scores.npy), which a new image's score is ranked in."""
+    path = os.path.join(run_dir, SCORES_FILE)
+    if not os.path.isfile(path):
+        raise RunError(f"{path!r} is missing: the run has no test-split scores to compare with. "
+                       f"Run `python evaluate.py {run_dir}`.")
+    return np.load(path, allow_pickle=False)
 
 
 def anomaly_rule(run_dir, test_scores, percentile, threshold=None):
