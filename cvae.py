@@ -285,11 +285,19 @@ class CVAE(keras.Model):
     predict_step override here would not: its signature differs on JAX).
     """
 
-    def __init__(self, encoder, decoder, seed=None, **kwargs):
+    def __init__(self, encoder, decoder, seed=None, binarize=None, **kwargs):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.decoder = decoder
         self.sampling = Sampling(seed=seed, name="sampling")
+        # Binarized MNIST, the field's benchmark: in training, every image is made 0/1 as it is
+        # seen, thresholded at 0.5 ("static") or drawn pixel by pixel from Bernoulli(pixel)
+        # ("dynamic", Burda et al. 2015), and the loss measures the reconstruction of that
+        # binary image. The held-out images are binarized once (data.binarized).
+        self.binarize = binarize
+        if binarize == "dynamic":
+            self.binarization_noise = keras.random.SeedGenerator(
+                None if seed is None else (seed + 1) % 2**32)
         self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction_loss")
         self.kl_tracker = keras.metrics.Mean(name="kl_loss")
 
@@ -303,22 +311,36 @@ class CVAE(keras.Model):
         return len(self.decoder.inputs) == 2
 
     def call(self, x, training=False):
+        images = x["image"] if self.conditional else x
+        if training and self.binarize:
+            images = self.binarized(images)
         if self.conditional:
-            z_mean, z_log_var = self.encoder([x["image"], x["label"]], training=training)
+            z_mean, z_log_var = self.encoder([images, x["label"]], training=training)
         else:
-            z_mean, z_log_var = self.encoder(x, training=training)
+            z_mean, z_log_var = self.encoder(images, training=training)
         z = self.sampling([z_mean, z_log_var])
         z = [z, x["label"]] if self.conditional else z
         return {
             "reconstruction": self.decoder(z, training=training),
             "z_mean": z_mean,
             "z_log_var": z_log_var,
+            "image": images,  # what the reconstruction is measured against
         }
 
+    def binarized(self, images):
+        """The training images as 0/1 pixels (see binarize in __init__)."""
+        if self.binarize == "static":
+            return ops.cast(images > 0.5, images.dtype)
+        # As in Sampling: the noise of the whole global batch, this replica's rows of it.
+        offset, batch = replica_slice(ops.shape(images)[0])
+        uniform = keras.random.uniform((batch, *ops.shape(images)[1:]), dtype=images.dtype,
+                                       seed=self.binarization_noise)
+        uniform = ops.slice(uniform, (offset, 0, 0, 0), ops.shape(images))
+        return ops.cast(uniform < images, images.dtype)
+
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        images = x["image"] if self.conditional else x
         reconstruction, kl = negative_elbo_terms(
-            images, y_pred["reconstruction"], y_pred["z_mean"], y_pred["z_log_var"])
+            y_pred["image"], y_pred["reconstruction"], y_pred["z_mean"], y_pred["z_log_var"])
         # Feeding the per-image values makes each tracker a mean over images, which is how Keras
         # weights its own `loss` tracker (by batch size): loss == reconstruction_loss + kl_loss
         # holds also when the last batch is smaller.
@@ -330,12 +352,14 @@ class CVAE(keras.Model):
         return (ops.mean(reconstruction) + ops.mean(kl)) / replicas_in_sync()
 
 
-def build_cvae(latent_dim, image_shape, architecture="article", seed=None, num_classes=None):
+def build_cvae(latent_dim, image_shape, architecture="article", seed=None, num_classes=None,
+               binarize=None):
     """The CVAE; its encoder and decoder are usable alone as .encoder and .decoder. With
-    num_classes, the conditional model (see build_encoder)."""
+    num_classes, the conditional model (see build_encoder); binarize: None, "static" or
+    "dynamic" (see CVAE)."""
     model = CVAE(build_encoder(latent_dim, image_shape, architecture, num_classes),
                  build_decoder(latent_dim, image_shape, architecture, num_classes), seed=seed,
-                 name="cvae")
+                 binarize=binarize, name="cvae")
     model.build((None,) + tuple(image_shape))
     return model
 
@@ -376,6 +400,14 @@ def build_anomaly_scorer(encoder, decoder, draws=ANOMALY_DRAWS, seed=0):
 
 
 # ---- compute per image --------------------------------------------------------------------------
+def wide_dense_kernels(model):
+    """The kernels of the two Dense layers that meet the convolutional feature map, 50,176 x 128
+    each in the article's model: 98% of its weights, and where it overfits (train.py's
+    weight_decay applies to them alone)."""
+    return [model.encoder.get_layer("dense_hidden").kernel,
+            model.decoder.get_layer("dense_unflatten").kernel]
+
+
 def forward_flops_per_image(model):
     """FLOPs (2 per multiply-add) of one image's forward pass through every Conv2D,
     Conv2DTranspose and Dense layer of model, nested models included, from the layer shapes."""

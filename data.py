@@ -29,16 +29,19 @@ class ImageData:
     class_names: list | None
     description: str
     train_files: list | None = None  # the training images' paths, when streamed
-    # An inspection set (plumbing/inspection_folders.py): held-out normal images, and the test
-    # images' defect masks (N, height, width), 1 where defective; has_mask says which have one.
+    # Training images held out to choose settings on (validation_images, or an inspection set's
+    # normal images); the per-epoch val_* columns measure them when there are any.
     x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
+    # An inspection set (plumbing/inspection_folders.py): the test images' defect masks
+    # (N, height, width), 1 where defective; has_mask says which have one.
     test_masks: np.ndarray | None = None
     has_mask: np.ndarray | None = None
 
     @property
     def inspection(self):
         """True for an inspection set: normal training images, labelled defects in the test."""
-        return self.x_val is not None
+        return self.test_masks is not None
 
     @property
     def num_train(self):
@@ -53,6 +56,46 @@ class ImageData:
             self, train_files=files,
             x_train=None if self.x_train is None else self.x_train[keep],
             y_train=None if self.y_train is None else self.y_train[keep])
+
+    def with_validation(self, count, seed):
+        """A copy with `count` training images, chosen by seed, moved into a validation split
+        (x_val, y_val): the images a setting is chosen on, never the test split. Streamed
+        training images keep streaming; the validation images are read into memory once."""
+        require(not self.inspection,
+                f"{self.description} already holds out test_fraction of train/good/ as "
+                f"validation images; leave validation_images as None.")
+        require(count < self.num_train,
+                f"validation_images={count} leaves no training image of the {self.num_train}; "
+                f"hold out fewer (a sixth of them, say).")
+        held_out = np.zeros(self.num_train, dtype=bool)
+        held_out[np.random.default_rng(seed).choice(self.num_train, count, replace=False)] = True
+        if self.x_train is None:
+            x_val = np.stack([image_files.prepare_file(path, self.image_shape[:2],
+                                                       self.image_shape[2])
+                              for path in np.asarray(self.train_files)[held_out]])
+        else:
+            x_val = self.x_train[held_out]
+        return dataclasses.replace(self.select_train(~held_out), x_val=x_val,
+                                   y_val=None if self.y_train is None else self.y_train[held_out])
+
+    def binarized(self, binarize, seed):
+        """A copy whose held-out images (validation and test) are 0/1: thresholded at 0.5
+        ("static"), or each pixel drawn once from Bernoulli(pixel) ("dynamic", a fixed draw
+        that seed decides, as the dynamically binarized benchmark's test set is). The training
+        images stay as they are: the model binarizes them as it sees them (cvae.CVAE)."""
+        require(self.image_shape[2] == 1,
+                f"binarize={binarize!r} is for grey images, and {self.description} has "
+                f"{self.image_shape[2]} channels; leave binarize as None (or use channels=1).")
+        rng = np.random.default_rng([seed, 2])
+
+        def made_binary(x):
+            if x is None:
+                return None
+            threshold = 0.5 if binarize == "static" else rng.random(x.shape, dtype=np.float32)
+            return (x > threshold).astype(np.float32)
+
+        return dataclasses.replace(self, x_test=made_binary(self.x_test),
+                                   x_val=made_binary(self.x_val))
 
     def class_index(self, name_or_index, setting="holdout_class"):
         """The label of a class given by name or by index (see class_index)."""
@@ -74,22 +117,28 @@ class ImageData:
     def caption(self, label):
         return self.class_names[label] if self.class_names else str(label)
 
-    def training_input(self, batch_size, seed, conditional=False):
-        """What fit() takes: batches of the training images, shuffled every epoch by seed, from
-        memory (plumbing/batches.py) or decoded from disk when streamed; for a conditional
-        model, each batch is {"image": images, "label": labels}."""
+    def training_input(self, batch_size, shuffle, conditional=False):
+        """What fit() takes: batches of the training images, in the order the EpochShuffle
+        `shuffle` gives each epoch, from memory (plumbing/batches.py) or decoded from disk when
+        streamed; for a conditional model, each batch is {"image": images, "label": labels}."""
         if self.x_train is None:
-            return streamed_input(self.train_files, self.image_shape[:2],
-                                              self.image_shape[2], batch_size, seed,
-                                              self.y_train if conditional else None)
+            return streamed_input(self.train_files, self.image_shape[:2], self.image_shape[2],
+                                  batch_size, shuffle, self.y_train if conditional else None)
         return in_memory_batches(self.model_input(self.x_train, self.y_train, conditional),
-                                 batch_size, shuffle_seed=seed)
+                                 batch_size, shuffle)
 
-    def test_input(self, count, batch_size, conditional=False):
-        """Batches of the first count test images, in order, as the model takes them."""
+    def monitored_images(self):
+        """(images, labels) that fit() measures after each epoch (the val_* columns): the
+        validation split when there is one, else the test split, which is then only watched."""
+        if self.x_val is not None:
+            return self.x_val, self.y_val
+        return self.x_test, self.y_test
+
+    def monitored_input(self, count, batch_size, conditional=False):
+        """Batches of the first count monitored images, in order, as the model takes them."""
+        x, y = self.monitored_images()
         return in_memory_batches(self.model_input(
-            self.x_test[:count], self.y_test[:count] if conditional else None, conditional),
-            batch_size)
+            x[:count], y[:count] if conditional else None, conditional), batch_size)
 
     @staticmethod
     def model_input(x, y, conditional):
@@ -99,7 +148,7 @@ class ImageData:
         """What a run records of its data (config.json's "data"), to notice if it changes."""
         summary = {"image_shape": list(self.image_shape), "class_names": self.class_names,
                    "train_images": self.num_train, "test_images": len(self.x_test)}
-        if self.inspection:
+        if self.x_val is not None:
             summary["validation_images"] = len(self.x_val)
         return summary
 
@@ -137,16 +186,44 @@ def load_dataset(dataset="mnist", data_path=None, image_size=None, channels=None
 
 def load_dataset_of_run(config, run_dir=None):
     """The data a run was trained on, loaded again from its config.json's settings (runs made
-    before other datasets existed were MNIST's, with only data_path). With run_dir, refused if
-    it is no longer the data the run in run_dir recorded (its training count aside, which
-    holdout_class and train_subset change after loading)."""
+    before other datasets existed were MNIST's, with only data_path). With run_dir, split as the
+    run trained on it (as_trained), and refused if it is no longer the data the run in run_dir
+    recorded."""
     data = load_dataset(config.get("dataset", "mnist"), config.get("data_path"),
                         config.get("image_size"), config.get("channels"),
                         config.get("test_fraction", 0.1), config.get("seed", 0),
                         config.get("stream"))
     if run_dir is not None:
-        summary = {key: value for key, value in data.summary().items() if key != "train_images"}
-        require_same_data(run_dir, config.get("data"), summary)
+        data = as_trained(data, config)
+        require_same_data(run_dir, config.get("data"), data.summary())
+    return data
+
+
+def as_trained(data, config):
+    """The data with the run's holdout_class left out of training, its validation_images held
+    out (after the holdout, so that evaluate.py draws the same ones), its train_subset applied
+    and its held-out images binarized as binarize says."""
+    require(config.get("holdout_class") is None or not data.inspection,
+            f"{data.description} already keeps its defects out of training (train/good/ only); "
+            f"leave holdout_class as None.")
+    if config.get("holdout_class") is not None:
+        # Anomaly-detection experiment: the model never sees this class in training.
+        holdout = data.class_index(config["holdout_class"])
+        data = data.select_train(data.y_train != holdout)
+        require(data.num_train > 0, f"With holdout_class={config['holdout_class']!r} no "
+                                    f"training images are left; hold out another class or none.")
+        require(bool((data.y_test == holdout).any()),
+                f"The test split holds no image of holdout_class={config['holdout_class']!r}, so "
+                f"anomaly detection cannot be measured; hold out another class.")
+    if config.get("validation_images") is not None:
+        data = data.with_validation(config["validation_images"], config.get("seed", 0))
+    if config.get("train_subset") is not None:
+        require(config["train_subset"] <= data.num_train,
+                f"train_subset={config['train_subset']} is more than the {data.num_train} "
+                f"training images available.")
+        data = data.select_train(np.arange(data.num_train) < config["train_subset"])
+    if config.get("binarize") is not None:
+        data = data.binarized(config["binarize"], config.get("seed", 0))
     return data
 
 

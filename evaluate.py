@@ -78,6 +78,8 @@ def evaluate_run(model, config, data, run_dir, settings=None):
     # figures), so that a seed always gives the same numbers and figures.
     rng = np.random.default_rng(settings["eval_seed"])
     metrics, scores, z_mean = test_metrics(model, config, data, settings, rng)
+    if data.x_val is not None:
+        metrics.update(validation_metrics(model, data, settings))
     metrics.update(training_record(os.path.join(run_dir, run_folder.HISTORY_FILE)))
     figures = figure_images(model, config, data, z_mean, metrics, settings, rng)
     inspection = inspection_metrics(model, data) if data.inspection else None
@@ -123,18 +125,36 @@ def test_metrics(model, config, data, settings, rng):
     return metrics, scores, z_mean
 
 
+def validation_metrics(model, data, settings):
+    """The negative ELBO (± standard error) of the validation split, the number that settings
+    are chosen on; its own noise (eval_seed's second stream), so the test numbers stay as
+    they are."""
+    import measures
 
-def scaled_to_run(images_per_epoch, epochs, test_images):
+    labels = data.y_val if model.conditional else None
+    z_mean, z_log_var = measures.encode(model, data.x_val, labels=labels)
+    reconstruction, kl = measures.elbo_from_encoding(
+        model, data.x_val, z_mean, z_log_var, np.random.default_rng([settings["eval_seed"], 1]),
+        labels=labels)
+    return measures.summarize_negative_elbo(reconstruction, kl, prefix="validation_")
+
+
+def scaled_to_run(images_per_epoch, epochs, test_images, monitored_images=None,
+                  validation=False):
     """(evaluation settings, per-epoch monitoring images, note) for a run of this size; the note
-    says what was scaled down and how to ask for the full evaluation (None when nothing was)."""
+    says what was scaled down and how to ask for the full evaluation (None when nothing was).
+    monitored_images: how many the per-epoch loss can use (the validation split's size when
+    validation, else the test split's)."""
     settings = dict(EVALUATION_DEFAULTS)
     settings["iwae_images"] = min(settings["iwae_images"], max(
         MIN_IWAE_IMAGES, images_per_epoch * epochs // IMAGES_TRAINED_PER_IWAE_IMAGE))
-    monitor = min(test_images, max(MIN_MONITOR_IMAGES, images_per_epoch // 6))
+    monitored_images = test_images if monitored_images is None else monitored_images
+    monitor = min(monitored_images, max(MIN_MONITOR_IMAGES, images_per_epoch // 6))
     scaled = []
-    if monitor < test_images:
-        scaled.append(f"the per-epoch test loss (val_*) is measured on the first {monitor:,} of "
-                      f"the {test_images:,} test images")
+    if monitor < monitored_images:
+        split = "validation" if validation else "test"
+        scaled.append(f"the per-epoch {split} loss (val_*) is measured on the first {monitor:,} "
+                      f"of the {monitored_images:,} {split} images")
     if settings["iwae_images"] < min(EVALUATION_DEFAULTS["iwae_images"], test_images):
         scaled.append(f"the importance-weighted estimate uses {settings['iwae_images']:,} test "
                       f"images instead of {EVALUATION_DEFAULTS['iwae_images']:,}")
@@ -385,6 +405,9 @@ def print_metrics(metrics):
           f"± {metrics['test_negative_elbo_stderr']:.2f} nats "
           f"(reconstruction {metrics['test_reconstruction']:.2f} + KL {metrics['test_kl']:.2f}), "
           f"{metrics['test_bits_per_dim']:.4f} bits per dimension")
+    if "validation_negative_elbo" in metrics:
+        print(f"Validation negative ELBO: {metrics['validation_negative_elbo']:.2f} "
+              f"± {metrics['validation_negative_elbo_stderr']:.2f} nats")
     iwae = metrics["iwae"]
     print(f"On the first {iwae['images']} test images: ELBO {iwae['elbo_same_images']:.2f}; "
           f"importance-weighted log p(x{'|y' if metrics.get('conditional') else ''}) "

@@ -18,11 +18,12 @@ from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.textpath import TextPath  # noqa: E402
 
 import measures  # noqa: E402
-from plumbing.atomic_files import write_atomically  # noqa: E402
+from plumbing.atomic_files import write_atomically, writing  # noqa: E402
 
 
 def _save(fig, path):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if writing():  # in a process that writes nothing (atomic_files), not even the folder
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     write_atomically(path, lambda temporary: fig.savefig(temporary, dpi=100, bbox_inches="tight"))
     plt.close(fig)
     return path
@@ -398,6 +399,8 @@ class EpochSnapshots(keras.callbacks.Callback):
         labels = self._labels()
         reconstructions = measures.reconstruct(self.model, self.originals, labels)
         samples = measures.decode(self.model, self.z, labels=labels)
+        if not writing():  # drawing touches no device: process 0 alone draws (atomic_files)
+            return
         plot_training_snapshot(self.originals, reconstructions, samples, epoch + 1,
                                os.path.join(self.folder, f"epoch_{epoch + 1:03d}.png"))
         frames = sorted(name for name in os.listdir(self.folder)

@@ -18,10 +18,12 @@ import numpy as np
 
 import evaluate
 from data import KERAS_DATASETS, require_same_data
+from plumbing.batches import EpochShuffle
 from plumbing.command_line import check_rules, parse_overrides, quiet_tensorflow, run_command
 from plumbing.devices import DISTRIBUTIONS
 from plumbing.errors import require
 from plumbing.optimizer import LR_SCHEDULES, OPTIMIZERS
+from plumbing.precision import PRECISIONS
 
 _names_before_hyperparameters = set(globals())
 # ----------------------------------------------------------------------------------------------
@@ -33,17 +35,22 @@ channels = None  # 1 (grey) or 3 (RGB); None = 1 if every image is grey, else 3
 test_fraction = 0.1  # share of the images held out for testing when the data has no test split
 stream = None  # read a folder's images from disk every epoch; None = if they do not fit in memory
 train_subset = None  # train on the first N training images only; None = all
+validation_images = None  # hold out N training images (chosen by seed) to choose settings on
 holdout_class = None  # a class name or index left out of training, to measure anomaly detection
+binarize = None  # None: grey pixels | static: 0/1 at 0.5 | dynamic: 0/1 drawn anew each time seen
 # model
 architecture = "article"  # article: its stride-1 convolutions | strided: halving, for large images
 latent_dim = 2  # size of z; the article uses 2, which makes the latent space plottable
 conditional = False  # True: encoder and decoder also see the class (labelled data only)
-precision = "float32"  # float32 | mixed_bfloat16 (CPUs with bf16) | mixed_float16 (GPUs)
+precision = "float32"  # float32 | mixed_bfloat16 (CPUs with bf16) | mixed_float16 (GPUs) | auto
 # optimizer
 optimizer = "rmsprop"  # rmsprop (the article's) | adam | sgd
 learning_rate = 1e-3  # peak learning rate, reached after the warm-up
 warmup_steps = 500  # linear warm-up from 0; keeps RMSprop from diverging (see docs/warm-up.md)
 lr_schedule = "cosine"  # cosine: decay to 1% of the peak by the last step | constant
+ema_momentum = None  # e.g. 0.999: evaluate and save a moving average of the weights; None = off
+weight_decay = 0.5  # decoupled, of the two wide Dense kernels only (docs/results.md: chosen on
+#                    validation images); 0 = the article's plain RMSprop
 epochs = 10  # passes over the training images
 batch_size = 64  # images per step
 seed = 0  # seeds weights, shuffling, the test split, sampling and the images in the figures
@@ -58,17 +65,21 @@ overwrite = False  # True: discard whatever run out_dir holds and train from scr
 HYPERPARAMETERS = {name: value for name, value in globals().items()
                    if name not in _names_before_hyperparameters
                    and name != "_names_before_hyperparameters"}
+# What a run made before a hyperparameter existed did, where that is not None (resuming it).
+BEFORE_IT_EXISTED = {"weight_decay": 0.0}
 # The type a value must have where the default is None.
 TYPES_OF_NONE_DEFAULTS = {"data_path": str, "image_size": int, "channels": int, "stream": bool,
-                          "train_subset": int, "holdout_class": str, "distribute": str,
+                          "train_subset": int, "validation_images": int, "holdout_class": str,
+                          "binarize": str, "ema_momentum": float, "distribute": str,
                           "virtual_devices": int}
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 # What each hyperparameter may be: (name, test, what is allowed), checked before anything loads.
 RULES = (
     ("image_size", lambda value: value is None or 4 <= value <= 2048,
      "None or 4 to 2048 pixels"),
     ("channels", lambda value: value in (None, 1, 3), "None, 1 (grey) or 3 (RGB)"),
     ("test_fraction", lambda value: 0 < value < 1, "between 0 and 1"),
+    ("binarize", lambda value: value in (None, "static", "dynamic"),
+     "None (grey pixels), static or dynamic"),
     ("architecture", lambda value: value in ("article", "strided"), "article or strided"),
     ("epochs", lambda value: value > 0, "at least 1"),
     ("batch_size", lambda value: value > 0, "at least 1"),
@@ -76,6 +87,10 @@ RULES = (
     ("learning_rate", lambda value: value > 0, "positive"),
     ("warmup_steps", lambda value: value >= 0, "0 or more"),
     ("train_subset", lambda value: value is None or value > 0, "None or at least 1"),
+    ("validation_images", lambda value: value is None or value > 0, "None or at least 1"),
+    ("ema_momentum", lambda value: value is None or 0 < value < 1,
+     "None (no averaging) or between 0 and 1, such as 0.999"),
+    ("weight_decay", lambda value: value >= 0, "0 or more"),
     ("seed", lambda value: 0 <= value < 2**32, "in 0 .. 2**32 - 1"),
     ("precision", lambda value: value in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
     ("optimizer", lambda value: value in OPTIMIZERS,
@@ -97,6 +112,10 @@ def read_config(argv):
             f"data_path is the local copy of a named dataset ({', '.join(KERAS_DATASETS)}); "
             f"for your own .npz or folder, pass its path as --dataset instead.")
     check_rules(config, RULES)
+    require(config["learning_rate"] * config["weight_decay"] < 1,
+            f"weight_decay={config['weight_decay']} at learning_rate={config['learning_rate']} "
+            f"would take more than the whole of each weight at every step; their product must be "
+            f"below 1 (0.1 to 1 is a typical weight_decay at the default rate).")
     return config
 
 
@@ -105,31 +124,32 @@ def main(argv):
     # Keras loads only now, so that a typo is refused without waiting for TensorFlow.
     quiet_tensorflow()
     import plotting
-    from data import load_dataset_of_run
     from plumbing import devices, recording, run_folder, stopping
     from plumbing.atomic_files import write_json
 
     device_count, distributed = devices.start(config["distribute"], config["virtual_devices"])
     check_batches_split(device_count, config)
+    # Several JAX processes: process 0 alone writes out_dir, and they take every decision that
+    # depends on what it holds together (devices.agreed), or one would wait for the others.
+    devices.write_from_process_0()
     out_dir = config["out_dir"]
-    if not run_folder.prepare_out_dir(out_dir, config):
+    if not devices.agreed(lambda: run_folder.prepare_out_dir(out_dir, config, BEFORE_IT_EXISTED),
+                          "the check of out_dir (refuse, train, or nothing to do)"):
         return 0
 
     # data
-    data = training_images(load_dataset_of_run(config), config)
-    config["data"] = data.summary()
-    check_model_fits_data(data, config)
-    check_batches_split(device_count, config, len(data.x_test), data.num_train)
-    if config["overwrite"]:
-        run_folder.remove_run(out_dir)  # only now, with every input checked
+    data = devices.agreed(lambda: checked_data(config, device_count),
+                          "the checks of the data and of out_dir's run", code=lambda data: 0)
 
     # model and optimizer
     model, images_per_epoch = build_and_compile(config, data, device_count, distributed)
-    write_json(os.path.join(out_dir, run_folder.CONFIG_FILE), {**config, "versions": versions()})
+    write_json(os.path.join(out_dir, run_folder.CONFIG_FILE),
+               {**config, "precision_used": model.dtype_policy.name, "versions": versions()})
 
-    # train; the test set is only monitored (val_* columns), never used to choose anything
+    # train; val_* columns measure the validation split, or else only watch the test split
+    shuffle = EpochShuffle(config["seed"])
     evaluation_settings, training_input, monitored_input = fit_inputs(
-        data, config, device_count, images_per_epoch)
+        data, config, device_count, images_per_epoch, shuffle)
     shown_x, _, shown_labels = data.shown_images(config["seed"])
     snapshots = plotting.EpochSnapshots(
         shown_x, shown_labels, config["latent_dim"],
@@ -137,10 +157,10 @@ def main(argv):
         os.path.join(out_dir, run_folder.GIF_FILE), seed=config["seed"])
     try:
         with distributed():
-            # shuffle=False: the batches come shuffled per epoch by seed (data.training_input).
+            # shuffle=False: the batches come in the order (seed, epoch) fixes (EpochShuffle).
             model.fit(training_input, epochs=config["epochs"], shuffle=False,
                       validation_data=monitored_input,
-                      callbacks=recording.training_callbacks(out_dir, config, snapshots),
+                      callbacks=recording.training_callbacks(out_dir, config, snapshots, shuffle),
                       verbose="auto" if sys.stdout.isatty() else 2)
     except KeyboardInterrupt as interruption:  # Ctrl-C, or SIGTERM (stopping.PreemptionGuard)
         return stop_on_interrupt(model, config, snapshots, interruption)
@@ -179,11 +199,14 @@ def build_and_compile(config, data, device_count, distributed):
     built inside the data-parallel engine when there is one."""
     import keras
 
-    from cvae import training_gflops_per_image
-    from plumbing import devices, run_folder
+    from cvae import training_gflops_per_image, wide_dense_kernels
+    from plumbing import devices, precision, run_folder
     from plumbing.optimizer import MIN_WARMUP_STEPS, fitted_warmup, make_optimizer
 
-    keras.mixed_precision.set_dtype_policy(config["precision"])
+    policy, why = precision.resolve(config["precision"])
+    if config["precision"] == "auto":
+        print(f"Precision: {policy}, chosen by {why}.")
+    keras.mixed_precision.set_dtype_policy(policy)
     keras.utils.set_random_seed(config["seed"])
     with distributed():  # a replicated model is built and compiled inside its engine
         model = run_folder.build_model(config, seed=config["seed"])
@@ -205,28 +228,48 @@ def build_and_compile(config, data, device_count, distributed):
         model.compile(optimizer=make_optimizer(
             config["optimizer"], config["learning_rate"], total_steps=total_steps,
             warmup_steps=warmup_steps, schedule=config["lr_schedule"],
-            fused=config["distribute"] is None))
+            fused=config["distribute"] is None, ema_momentum=config["ema_momentum"],
+            weight_decay=config["weight_decay"], decayed=wide_dense_kernels(model),
+            variables=model.trainable_variables))
     return model, images_per_epoch
 
 
-def fit_inputs(data, config, device_count, images_per_epoch):
+def fit_inputs(data, config, device_count, images_per_epoch, shuffle):
     """(the evaluation's settings, the training batches, the per-epoch test batches), scaled to
     the run's size and split evenly across the devices."""
     from plumbing import devices
 
     batch_size, conditional = config["batch_size"], config["conditional"]
     training_input = devices.even_batches(
-        data.training_input(batch_size, config["seed"], conditional), device_count,
+        data.training_input(batch_size, shuffle, conditional), device_count,
         data.num_train, batch_size)
     evaluation_settings, monitored, note = evaluate.scaled_to_run(
-        data.num_train, config["epochs"], len(data.x_test))
+        data.num_train, config["epochs"], len(data.x_test), len(data.monitored_images()[0]),
+        validation=data.x_val is not None)
     if note:
         print(note.replace("OUT_DIR", config["out_dir"]))
     monitored = monitored_on_devices(device_count, data.num_train, images_per_epoch, monitored,
                                      config)
     monitored_input = devices.even_batches(
-        data.test_input(monitored, batch_size, conditional), device_count, monitored, batch_size)
+        data.monitored_input(monitored, batch_size, conditional), device_count, monitored,
+        batch_size)
     return evaluation_settings, training_input, monitored_input
+
+
+def checked_data(config, device_count):
+    """The run's data (config["data"] then describes it), checked against the model, the
+    devices and the run that out_dir may hold; with overwrite=True, that run is deleted only
+    then, with every input checked."""
+    from data import load_dataset_of_run
+    from plumbing import run_folder
+
+    data = training_images(load_dataset_of_run(config), config)
+    config["data"] = data.summary()
+    check_model_fits_data(data, config)
+    check_batches_split(device_count, config, len(data.x_test), data.num_train)
+    if config["overwrite"]:
+        run_folder.remove_run(config["out_dir"])
+    return data
 
 
 def check_model_fits_data(data, config):
@@ -248,27 +291,14 @@ def check_model_fits_data(data, config):
 
 
 def training_images(data, config):
-    """The data with holdout_class left out of training and train_subset applied."""
-    require(config["holdout_class"] is None or not data.inspection,
-            f"{data.description} already keeps its defects out of training (train/good/ only); "
-            f"leave holdout_class as None.")
-    if config["holdout_class"] is not None:
-        # Anomaly-detection experiment: the model never sees this class in training.
-        holdout = data.class_index(config["holdout_class"])
-        data = data.select_train(data.y_train != holdout)
-        require(data.num_train > 0, f"With holdout_class={config['holdout_class']!r} no "
-                                    f"training images are left; hold out another class or none.")
-        require(bool((data.y_test == holdout).any()),
-                f"The test split holds no image of holdout_class={config['holdout_class']!r}, so "
-                f"anomaly detection cannot be measured; hold out another class.")
-    if config["train_subset"] is not None:
-        require(config["train_subset"] <= data.num_train,
-                f"train_subset={config['train_subset']} is more than the {data.num_train} "
-                f"training images available.")
-        data = data.select_train(np.arange(data.num_train) < config["train_subset"])
+    """The data as the run trains on it (data.as_trained), and a line that says so."""
+    from data import as_trained
+
+    data = as_trained(data, config)
     classes = f"{len(data.class_names)} classes" if data.class_names else "no labels"
-    print(f"{data.description}: {data.num_train} training and {len(data.x_test)} test images of "
-          f"shape {data.image_shape}, {classes}.")
+    validation = "" if data.x_val is None else f", {len(data.x_val)} validation"
+    print(f"{data.description}: {data.num_train} training{validation} and {len(data.x_test)} "
+          f"test images of shape {data.image_shape}, {classes}.")
     return data
 
 

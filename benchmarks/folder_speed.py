@@ -23,6 +23,7 @@ from PIL import Image
 
 from cvae import build_cvae
 from data import load_dataset, load_mnist
+from plumbing.batches import EpochShuffle
 from plumbing.optimizer import make_optimizer
 from timing import StepTimer
 
@@ -68,7 +69,7 @@ def main():
     n = args.steps * args.batch_size
     # Both as train.py feeds them: the same first n training images, shuffled by the same seed.
     inputs = {name: source.select_train(np.arange(source.num_train) < n).training_input(
-        args.batch_size, seed=0) for name, source in sources.items()}
+        args.batch_size, EpochShuffle(0)) for name, source in sources.items()}
     model.fit(inputs["in memory"], steps_per_epoch=4, shuffle=False, verbose=0)  # tracing
     steps, walls = {name: [] for name in inputs}, {name: [] for name in inputs}
     for repeat in range(args.repeats):

@@ -97,7 +97,7 @@ def make_project_model(variant):
 
 def time_pass(name, model, x, batch_size):
     """One fit() over x: (median step seconds, images/s by the wall clock of the whole pass)."""
-    from plumbing.batches import in_memory_batches
+    from plumbing.batches import EpochShuffle, in_memory_batches
     from plumbing.stopping import DivergenceGuard
     from timing import StepTimer
 
@@ -107,7 +107,7 @@ def time_pass(name, model, x, batch_size):
     if name == "baseline":
         model.fit(x, x, batch_size=batch_size, verbose=0, callbacks=callbacks)
     else:
-        model.fit(in_memory_batches(x, batch_size, shuffle_seed=0), shuffle=False, verbose=0,
+        model.fit(in_memory_batches(x, batch_size, EpochShuffle(0)), shuffle=False, verbose=0,
                   callbacks=callbacks)
     return statistics.median(timer.seconds), len(x) / (time.perf_counter() - start)
 

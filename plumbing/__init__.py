@@ -10,6 +10,7 @@ One job per file, the lower ones first (each imports only those above it in this
     run_folder.py    what a run folder holds; build, save and load a run's model
     devices.py       data-parallel training across devices
     optimizer.py     the optimizer and its learning-rate schedule
+    precision.py     precision=auto: the floating-point policy the hardware runs natively
     stopping.py      how a run stops: NaN, Ctrl-C, SIGTERM, and what it says then
     recording.py     what a run records: backup, history, epoch times, TensorBoard
     command_line.py  --key=value settings, their rules, RUN_DIR, one paragraph per error

@@ -5,9 +5,10 @@ train.py's `distribute="data_parallel"` replicates the model on every local devi
 cores, or virtual CPU devices) and splits each global batch of batch_size images evenly across
 them: keras.distribution.DataParallel on JAX, tf.distribute.MirroredStrategy on TensorFlow. With
 several hosts on JAX, the same command runs on each, and the KERAS_DISTRIBUTION_* variables make
-it join its coordinator (README, "Training on several devices"); TensorFlow's multi-worker
-strategy is refused (_start_tensorflow says why). Keras 3.15 has no data-parallel engine for
-PyTorch.
+it join its coordinator (README, "Training on several devices"); process 0 alone then writes
+the run folder (write_from_process_0), and the processes agree on every decision that reads it
+(agreed). TensorFlow's multi-worker strategy is refused (_start_tensorflow says why). Keras 3.15
+has no data-parallel engine for PyTorch.
 
 What the engines need from the rest of the project, and why:
 - every batch splits evenly: JAX refuses anything else (IndivisibleError), and TensorFlow gives
@@ -33,7 +34,7 @@ import contextlib
 import math
 import os
 
-from plumbing.errors import require
+from plumbing.errors import RunError, require
 
 # Keras, and the model that loads it, are imported inside the functions: train.py checks its
 # distribute setting against DISTRIBUTIONS before Keras may load.
@@ -153,6 +154,51 @@ def even_batches(batches, devices, num_images, batch_size):
     # The length is stated again, because a filter makes it unknown to fit()'s progress bar.
     return batches.map(cut).filter(lambda batch: tf.shape(tf.nest.flatten(batch)[0])[0] > 0
                                    ).apply(tf.data.experimental.assert_cardinality(length))
+
+
+def write_from_process_0():
+    """In a JAX job of several processes, make every process but process 0 write nothing
+    (atomic_files.stop_writing), and say so; elsewhere, nothing changes."""
+    from plumbing.atomic_files import stop_writing
+
+    index, count = _jax_processes()
+    if index > 0:
+        stop_writing()
+        print(f"Process {index} of {count}: process 0 writes the run folder; this process "
+              f"trains in step with it and writes nothing there.", flush=True)
+
+
+def agreed(decide, what, code=int):
+    """decide()'s outcome, once every process of a JAX job has reached the same one; a process
+    alone (every other run) just calls decide().
+
+    Each process takes the decisions that depend on the run folder (refuse, resume, or start
+    afresh) by reading it. A process that took another way than the others would wait forever
+    in the first collective they never reach, so the processes compare code(outcome), a small
+    integer (-1 for an error), before any of them goes on: when they are all the same, each
+    returns its outcome or raises its own error; otherwise every one of them raises, saying so.
+    """
+    index, count = _jax_processes()
+    try:
+        outcome, error = decide(), None
+        mine = code(outcome)
+    except Exception as caught:  # raised below, once the others know
+        outcome, error, mine = None, caught, -1
+    if count > 1:
+        import numpy as np
+        from jax.experimental import multihost_utils
+
+        codes = [int(c) for c in multihost_utils.process_allgather(np.int32(mine))]
+        if error is None and len(set(codes)) > 1:
+            raise RunError(
+                f"The {count} processes of this JAX job reached different outcomes at {what} "
+                f"(process by process: {codes}, where -1 is an error); they stop here rather "
+                f"than wait for each other forever. This is process {index}. Either one of "
+                f"them failed, and its own log says why, or they do not see the same run "
+                f"folder: with several hosts, out_dir must be one folder that all of them share.")
+    if error is not None:
+        raise error
+    return outcome
 
 
 def _jax_processes():

@@ -82,22 +82,39 @@ class FusedUpdate:
 
 
 def make_optimizer(name, learning_rate, total_steps, warmup_steps=500, schedule="cosine",
-                   fused=True):
+                   fused=True, ema_momentum=None, weight_decay=0.0, decayed=(), variables=()):
     """The named Keras optimizer, with its default settings but for the learning rate.
 
     fused=True (train.py's setting) compiles its update with XLA on the TensorFlow backend; the
     numbers it computes are the same up to float rounding order. On JAX the whole step is already
     one jitted function, and on PyTorch there is no XLA: both get Keras's plain optimizer, as
     fused=False does everywhere.
+
+    ema_momentum: keep an exponential moving average of the weights (Polyak & Juditsky 1992),
+    which Keras writes over the weights when fit() ends, so that the evaluation and every export
+    use it. weight_decay: decoupled weight decay (Loshchilov & Hutter 2019), each step taking
+    learning rate x weight_decay of each weight in `decayed`, and of none of the other
+    `variables`.
     """
     import keras
 
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, not {name!r}.")
-    lr = learning_rate_schedule(learning_rate, total_steps, warmup_steps, schedule)
+    settings = {"learning_rate": learning_rate_schedule(learning_rate, total_steps, warmup_steps,
+                                                        schedule)}
+    if ema_momentum is not None:
+        settings.update(use_ema=True, ema_momentum=ema_momentum)
+    if weight_decay:
+        settings["weight_decay"] = weight_decay
     keras_class = getattr(keras.optimizers, OPTIMIZERS[name])
-    if not fused or keras.backend.backend() != "tensorflow":
-        return keras_class(learning_rate=lr)
-    fused_class = type(f"Fused{keras_class.__name__}", (FusedUpdate, keras_class), {})
-    # Named as Keras names the plain class ("rm_sprop"), so nothing downstream sees the difference.
-    return fused_class(learning_rate=lr, name=keras_class().name)
+    if fused and keras.backend.backend() == "tensorflow":
+        # Named as Keras names the plain class ("rm_sprop"), so nothing downstream sees the
+        # difference.
+        settings["name"] = keras_class().name
+        keras_class = type(f"Fused{keras_class.__name__}", (FusedUpdate, keras_class), {})
+    optimizer = keras_class(**settings)
+    if weight_decay:
+        decayed_ids = {id(variable) for variable in decayed}
+        optimizer.exclude_from_weight_decay(
+            var_list=[variable for variable in variables if id(variable) not in decayed_ids])
+    return optimizer

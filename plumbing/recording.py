@@ -12,7 +12,14 @@ import time
 import keras
 
 from plumbing import run_folder
-from plumbing.atomic_files import read_json, write_atomically, write_json
+from plumbing.atomic_files import (
+    private_folder,
+    read_json,
+    write_atomically,
+    write_json,
+    writing,
+)
+from plumbing.devices import agreed
 from plumbing.stopping import DivergenceGuard, PlannedSignal, PreemptionGuard
 
 
@@ -27,25 +34,40 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     complete file of the epoch it states. The backup is kept after training (Keras would delete
     it in on_train_end): train.py removes it once the run's evaluation is written, so a crash
     during evaluation resumes at the evaluation instead of retraining.
+
+    In a JAX job of several processes, process 0 alone writes the backup, and every process
+    resumes from it (out_dir must then be one folder that they share): they agree on its epoch
+    before any loads it (devices.agreed).
     """
 
     def __init__(self, backup_dir):
         super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=False)
 
     def _save_model(self):
-        os.makedirs(self.backup_dir, exist_ok=True)
+        if writing():
+            os.makedirs(self.backup_dir, exist_ok=True)
         name = f"epoch_{self._current_epoch:04d}.weights.h5"
+        # Also in a process that does not write: saving makes variables, which is a collective
+        # in a job of several JAX processes (atomic_files).
         write_atomically(os.path.join(self.backup_dir, name), self.model.save_weights)
         write_json(self._training_metadata_path,
                              {"epoch": self._current_epoch, "weights": name})
+        if not writing():  # the previous epoch's file is process 0's
+            return
         for old in os.listdir(self.backup_dir):
             if old.startswith("epoch_") and old != name:
                 os.remove(os.path.join(self.backup_dir, old))
 
-    def _load_model(self):
+    def _read_metadata(self):
         if not os.path.exists(self._training_metadata_path):
+            return None
+        return read_json(self._training_metadata_path)
+
+    def _load_model(self):
+        metadata = agreed(self._read_metadata, "the epoch to resume from (out_dir's backup)",
+                          code=lambda metadata: metadata["epoch"] if metadata else 0)
+        if metadata is None:
             return
-        metadata = read_json(self._training_metadata_path)
         if not self.model.optimizer.built:
             # The optimizer's variables must exist before its saved state can be loaded.
             self.model.optimizer.build(self.model.trainable_variables)
@@ -53,6 +75,32 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         self.model._initial_epoch = metadata["epoch"]  # what Keras's own restore sets
         print(f"Resuming from the backup in {self.backup_dir}: {metadata['epoch']} epoch(s) "
               f"already done.", flush=True)
+
+
+class KeyedRandomness(keras.callbacks.Callback):
+    """Keys each epoch's randomness on (seed, epoch) as it begins: the batch order (the run's
+    EpochShuffle) and the model's noise (the state of every keras.random.SeedGenerator in it).
+
+    Keras saves no SeedGenerator state with the weights, so a resumed run would otherwise draw
+    the first epoch's noise again. Each generator keeps its seed and starts epoch e at the count
+    e * NOISE_DRAWS_PER_EPOCH; an epoch draws once per batch (and once per validation batch),
+    far fewer. With the optimizer state that the backup restores, a run resumed at epoch k
+    then trains exactly as the uninterrupted run did.
+    """
+
+    NOISE_DRAWS_PER_EPOCH = 2**20
+
+    def __init__(self, shuffle):
+        super().__init__()
+        self.shuffle = shuffle
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.shuffle.epoch = epoch
+        for variable in self.model.variables:
+            if variable.path.endswith("seed_generator_state"):
+                state = keras.ops.convert_to_numpy(variable.value)
+                state[1] = epoch * self.NOISE_DRAWS_PER_EPOCH
+                variable.assign(state)
 
 
 class HistoryCSV(keras.callbacks.Callback):
@@ -117,20 +165,25 @@ class TensorBoardSnapshots(keras.callbacks.Callback):
 
 
 
-def training_callbacks(out_dir, config, snapshots):
+def training_callbacks(out_dir, config, snapshots, shuffle):
     """train.py's callbacks, in the order they must run at each epoch's end. snapshots: the
-    callback that draws each epoch's figure into out_dir/snapshots (plotting.EpochSnapshots)."""
+    callback that draws each epoch's figure into out_dir/snapshots (plotting.EpochSnapshots);
+    shuffle: the training batches' EpochShuffle."""
     def path(name):
         return os.path.join(out_dir, name)
 
     tensorboard = []
     if config["tensorboard"]:
         # Loss terms and the learning rate per epoch (Keras's callback), then the snapshots.
-        tensorboard = [
-            keras.callbacks.TensorBoard(path(run_folder.TENSORBOARD_FOLDER), write_graph=False),
-            TensorBoardSnapshots(path(run_folder.SNAPSHOT_FOLDER),
-                                 path(run_folder.TENSORBOARD_FOLDER))]
+        # Keras writes its logs itself: a process that does not write the run folder logs into
+        # its private folder, to make the same calls as process 0 (atomic_files), and leaves
+        # the snapshots, pictures only, to process 0.
+        logs = path(run_folder.TENSORBOARD_FOLDER) if writing() else private_folder()
+        tensorboard = [keras.callbacks.TensorBoard(logs, write_graph=False)]
+        if writing():
+            tensorboard.append(TensorBoardSnapshots(path(run_folder.SNAPSHOT_FOLDER), logs))
     return [
+        KeyedRandomness(shuffle),  # at each epoch's beginning; nothing at its end
         DivergenceGuard(),
         EpochTimer(),
         snapshots,

@@ -19,6 +19,7 @@ from plumbing.atomic_files import (
     read_json,
     remove_stale_temporaries,
     write_atomically,
+    writing,
 )
 from plumbing.errors import ConfigError, RunError
 
@@ -52,7 +53,10 @@ RUN_FOLDERS = (SNAPSHOT_FOLDER, BACKUP_FOLDER, GENERATED_FOLDER, TENSORBOARD_FOL
 
 
 def remove_run(folder):
-    """Delete every file and folder a run writes in `folder`, and nothing else."""
+    """Delete every file and folder a run writes in `folder`, and nothing else (nothing in a
+    process that does not write: atomic_files.stop_writing)."""
+    if not writing():
+        return
     for name in RUN_FOLDERS:
         shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
     for name in RUN_FILES:
@@ -62,6 +66,8 @@ def remove_run(folder):
 
 def finish_run(folder):
     """Mark a run finished: until its backup is removed, running train.py again resumes it."""
+    if not writing():
+        return
     shutil.rmtree(os.path.join(folder, BACKUP_FOLDER), ignore_errors=True)
 
 
@@ -114,7 +120,8 @@ def build_model(config, seed=None):
     if config.get("conditional"):
         num_classes = len(config["data"]["class_names"])
     return build_cvae(int(config["latent_dim"]), image_shape_of(config),
-                      config.get("architecture", "article"), seed=seed, num_classes=num_classes)
+                      config.get("architecture", "article"), seed=seed, num_classes=num_classes,
+                      binarize=config.get("binarize"))
 
 
 def save_trained_model(model, config, run_dir):
@@ -201,24 +208,20 @@ def anomaly_rule(run_dir, test_scores, percentile, threshold=None):
 
 
 # ---- the run folder of train.py ----------------------------------------------------------------
-def prepare_out_dir(out_dir, config):
+def prepare_out_dir(out_dir, config, before_it_existed=None):
     """Make out_dir ready and lock it; False when it already holds this very run, finished.
 
     A run made with other hyperparameters is refused unless overwrite=True (train.py deletes it
-    once the data is checked); an unfinished one with the same hyperparameters is resumed.
+    once the data is checked); an unfinished one with the same hyperparameters is resumed. A
+    hyperparameter that the run's config.json lacks (one added to the project since) counts as
+    the value that gives what the project did before it (before_it_existed, else None). A
+    process that does not write (atomic_files.stop_writing) only reads the folder, if it sees one.
     """
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ConfigError(f"out_dir {out_dir!r} is a file, not a folder. Name a folder (it is "
                           f"created if missing) with --out_dir=...")
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        os.remove(atomic_path(os.path.join(out_dir, "write-test")))
-    except OSError as error:
-        raise ConfigError(f"Cannot write into out_dir {out_dir!r}: {error.strerror}. Choose a "
-                          f"folder you can write to with --out_dir=...") from None
-    if not lock_run_folder(out_dir):
-        raise ConfigError(f"Another train.py is running in {out_dir!r}. Wait for it to end, or "
-                          f"choose another --out_dir.")
+    if writing():
+        _make_and_lock(out_dir)
     config_path = os.path.join(out_dir, CONFIG_FILE)
     if not config["overwrite"] and os.path.exists(config_path):
         try:
@@ -229,6 +232,7 @@ def prepare_out_dir(out_dir, config):
                               f"{out_dir!r} cannot be checked. Choose another --out_dir, or pass "
                               f"--overwrite=True to replace it.") from None
         # The devices may change between attempts: the numbers do not depend on them.
+        old = {**(before_it_existed or {}), **old}
         changed = sorted(key for key in config if key not in (
             "overwrite", "out_dir", "distribute", "virtual_devices")
                          and old.get(key) != config[key])
@@ -236,7 +240,8 @@ def prepare_out_dir(out_dir, config):
             raise ConfigError(
                 f"{out_dir!r} already holds a run with other hyperparameters "
                 f"({'; '.join(f'{k}: {old.get(k)!r} there, {config[k]!r} now' for k in changed)})."
-                f" Choose another --out_dir, or pass --overwrite=True to replace that run.")
+                f" Pass the values it was made with to resume it, choose another --out_dir, or "
+                f"pass --overwrite=True to replace that run.")
         finished = training_complete(out_dir, config["epochs"])
         if finished and os.path.exists(os.path.join(out_dir, METRICS_FILE)):
             print(f"{out_dir!r} already holds this run, finished. Nothing to do: look at its "
@@ -247,3 +252,15 @@ def prepare_out_dir(out_dir, config):
                    os.path.join(out_dir, SNAPSHOT_FOLDER)):
         remove_stale_temporaries(folder)
     return True
+
+
+def _make_and_lock(out_dir):
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        os.remove(atomic_path(os.path.join(out_dir, "write-test")))
+    except OSError as error:
+        raise ConfigError(f"Cannot write into out_dir {out_dir!r}: {error.strerror}. Choose a "
+                          f"folder you can write to with --out_dir=...") from None
+    if not lock_run_folder(out_dir):
+        raise ConfigError(f"Another train.py is running in {out_dir!r}. Wait for it to end, or "
+                          f"choose another --out_dir.")

@@ -1,10 +1,12 @@
 """Shared test set-up and helpers: the project root on sys.path, quiet TensorFlow, small MNIST-like
 files and image folders, and train.py run as a user runs it."""
 
+import contextlib
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 
@@ -124,12 +126,40 @@ def start_train(arguments, stop_at=None):
     plumbing/stopping.py reads it: "SIGKILL@2.3" after the third batch of the second epoch,
     "SIGTERM@evaluation" as the evaluation starts; a step, not a moment of the clock."""
     environment = {**os.environ, "CVAE_TEST_SIGNAL": stop_at or ""}
-    # A shell starts background jobs with SIGINT ignored, and Python keeps an ignored SIGINT
-    # ignored: restore the default, so that the child gets Ctrl-C as it would in a terminal.
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *arguments],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=environment,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # A shell starts background jobs with SIGINT ignored, and a child keeps an ignored SIGINT
+    # ignored. A handled one is reset to the default at exec, so the child gets Ctrl-C as in a
+    # terminal: handle it here while the child starts. (Not preexec_fn: Python code between fork
+    # and exec can deadlock in a process with threads, as JAX's and TensorFlow's are.)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *arguments],
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=environment)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def reserved_port():
+    """A free TCP port, kept from every other program until the block ends, for a JAX
+    coordinator that a child process starts.
+
+    A port found by binding to port 0 and closing that socket at once is free again for seconds
+    before the coordinator binds it (its process must import JAX first): any bind to port 0, or
+    any connect() choosing its source port, may take it meanwhile, and the coordinator then fails
+    ("Failed to start RPC server"). The socket held here sets SO_REUSEPORT, as gRPC does on the
+    coordinator's listening socket: the kernel lets that one bind the same port (same user, both
+    with SO_REUSEPORT) and keeps every automatic choice of a port off it. Bound to every address,
+    dual-stack, as the coordinator binds; it never listens, so every connection reaches gRPC."""
+    try:
+        held = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        address = "::"
+    except OSError:  # no IPv6 here: gRPC falls back to 0.0.0.0 too
+        held, address = socket.socket(socket.AF_INET, socket.SOCK_STREAM), "0.0.0.0"
+    with held:
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        held.bind((address, 0))
+        yield held.getsockname()[1]
 
 
 def backed_up_epochs(out_dir):
@@ -141,15 +171,17 @@ def backed_up_epochs(out_dir):
 
 
 # ---- numbers recomputed independently -----------------------------------------------------------
-def numpy_negative_elbo(run_dir, data_path, eval_seed=0):
-    """(reconstruction, kl, z_mean) of every test image, in NumPy in float64: the encoder's and
-    decoder's outputs, with one z per image from the evaluation's generator, and the formulas
-    written out here (Bernoulli pixels clipped 1e-7 from 0 and 1; the Gaussian KL)."""
+def numpy_negative_elbo(run_dir, data_path, eval_seed=0, x=None):
+    """(reconstruction, kl, z_mean) of every test image (or of the images x), in NumPy in
+    float64: the encoder's and decoder's outputs, with one z per image from the generator that
+    eval_seed (an int, or a list of them) seeds, and the formulas written out here (Bernoulli
+    pixels clipped 1e-7 from 0 and 1; the Gaussian KL)."""
     from data import load_mnist
     from plumbing.run_folder import load_run
 
     _, model = load_run(str(run_dir))
-    _, (x, _) = load_mnist(data_path)
+    if x is None:
+        _, (x, _) = load_mnist(data_path)
     z_mean, z_log_var = (np.asarray(a, np.float64) for a in model.encoder.predict(x, verbose=0))
     epsilon = np.random.default_rng(eval_seed).standard_normal(z_mean.shape)
     z = (z_mean + np.exp(z_log_var / 2) * epsilon).astype("float32")

@@ -11,6 +11,7 @@ from PIL import Image
 from conftest import coloured_squares, fake_mnist_arrays, write_images, write_npz
 from data import load_dataset, load_mnist, one_image_per_class
 from plumbing import arrays
+from plumbing.batches import EpochShuffle
 from plumbing.errors import DataError
 
 
@@ -295,7 +296,7 @@ def test_streamed_batches_equal_the_images_in_memory(digit_folder):
     streamed = load_dataset(str(digit_folder), stream=True)
     assert streamed.x_train is None and len(streamed.train_files) == in_memory.num_train
     np.testing.assert_array_equal(streamed.x_test, in_memory.x_test)
-    batches = streamed.training_input(batch_size=8, seed=0)
+    batches = streamed.training_input(batch_size=8, shuffle=EpochShuffle(0))
     assert len(batches) == -(-in_memory.num_train // 8)
     seen = np.concatenate([batches[i] for i in range(len(batches))])
     # The same images, shuffled.

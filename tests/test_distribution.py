@@ -11,11 +11,13 @@ import json
 import os
 import subprocess
 import sys
+import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, fake_mnist_arrays, run_script, start_train
+from conftest import ROOT, fake_mnist_arrays, reserved_port, run_script, start_train
 
 BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
 needs_data_parallel = pytest.mark.skipif(
@@ -89,13 +91,13 @@ def test_bad_distribute_values_are_refused_in_one_paragraph():
 @pytest.mark.backend
 def test_the_last_batch_is_cut_to_a_multiple_of_the_devices():
     from plumbing import devices as distribution
-    from plumbing.batches import in_memory_batches
+    from plumbing.batches import EpochShuffle, in_memory_batches
 
     images = np.arange(37, dtype="float32")[:, None]
     assert distribution.images_per_epoch(37, 8, 2) == 36  # batches of 8, 8, 8, 8, 4
     assert distribution.images_per_epoch(37, 8, 4) == 36
     assert distribution.images_per_epoch(33, 8, 2) == 32  # the last image alone is dropped
-    even = distribution.even_batches(in_memory_batches(images, 8, shuffle_seed=0), 2, 37, 8)
+    even = distribution.even_batches(in_memory_batches(images, 8, EpochShuffle(0)), 2, 37, 8)
     # A tf.data.Dataset on TensorFlow, a keras.utils.PyDataset on the other backends.
     batches = even if BACKEND == "tensorflow" else (even[i] for i in range(len(even)))
     seen = [np.asarray(batch).ravel() for batch in batches]
@@ -220,41 +222,143 @@ def test_tensorflow_across_hosts_is_refused(tmp_path, fake_mnist_path):
 @pytest.mark.skipif(BACKEND != "jax", reason="training across processes is implemented on JAX "
                                              "only (TensorFlow's is refused, see above)")
 def test_two_jax_processes_train_as_one_device_does(tmp_path):
-    import socket
-
+    """Two processes joined as two hosts would be, with one out_dir between them, as a shared
+    file system gives it: stopped by SIGTERM in their second epoch and started again, they
+    resume from process 0's backup and train as one device does; process 0 writes one run's
+    files, and process 1 writes nothing."""
     import h5py
 
     data_path = tmp_path / "mnist.npz"
     np.savez(data_path, **fake_mnist_arrays(n_train=64, n_test=20))
-    with socket.socket() as probe:  # a free port on this machine for the coordinator
-        probe.bind(("localhost", 0))
-        address = f"localhost:{probe.getsockname()[1]}"
+    shared, alone = tmp_path / "shared", tmp_path / "alone"
     # SGD: RMSprop's first steps would turn float rounding in tiny gradients into whole steps.
-    options = [f"--data_path={data_path}", "--architecture=strided", "--epochs=1",
+    options = [f"--data_path={data_path}", "--architecture=strided", "--epochs=2",
                "--batch_size=32", "--warmup_steps=0", "--optimizer=sgd",
-               "--lr_schedule=constant", "--learning_rate=1e-4"]
-    processes = [subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "train.py"), *options,
-         f"--out_dir={tmp_path / f'process{index}'}", "--distribute=data_parallel"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "KERAS_DISTRIBUTION_JOB_ADDRESSES": address,
-             "KERAS_DISTRIBUTION_NUM_PROCESSES": "2", "KERAS_DISTRIBUTION_PROCESS_ID": str(index)})
-        for index in (0, 1)]
-    alone = run_script("train.py", *options, f"--out_dir={tmp_path / 'alone'}")
-    assert alone.returncode == 0, alone.stderr[-3000:]
-    for process in processes:
-        stdout, stderr = process.communicate(timeout=600)
-        assert process.returncode == 0, stderr[-3000:]
-        assert "Data-parallel on 2 devices" in stdout  # one CPU device per process
+               "--lr_schedule=constant", "--learning_rate=1e-4", "--tensorboard=True"]
+    job = [*options, f"--out_dir={shared}", "--distribute=data_parallel"]
+    with reserved_port() as port:
+        processes = start_jax_job(tmp_path / "stopped", port, job, shared, "SIGTERM@2.1")
+        result = run_script("train.py", *options, f"--out_dir={alone}")  # meanwhile
+        stopped = finish_jax_job(processes, tmp_path / "stopped")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [process.returncode for process in stopped] == [143, 143], stopped[0].stderr[-3000:]
+    with reserved_port() as port:
+        resumed = finish_jax_job(start_jax_job(tmp_path / "resumed", port, job, shared),
+                                 tmp_path / "resumed")
+    for process in resumed:
+        assert process.returncode == 0, process.stderr[-3000:]
+        assert "Data-parallel on 2 devices" in process.stdout  # one CPU device each
+        assert "1 epoch(s) already done" in process.stdout  # from process 0's backup
+    assert "Process 1 of 2: process 0 writes the run folder" in resumed[1].stdout
+
+    assert stopped[1].writes == resumed[1].writes == set()  # nothing opened, renamed, deleted
+    # Every file there was put in place by process 0, TensorBoard's too (TensorFlow writes them
+    # itself, in C++, unseen by the audit, and names them after the writer's process id).
+    for path in files_under(shared):
+        if ".tfevents." in path.name:
+            # events.out.tfevents.<time>.<host>.<pid>.<count>.v2
+            assert path.name.split(".")[-3] in (str(stopped[0].pid), str(resumed[0].pid))
+        else:
+            assert str(path) in stopped[0].writes | resumed[0].writes
+    # One run's files, those of the one-device run, and no temporary left over.
+    assert run_files(shared) == run_files(alone)
 
     def weights(run):
         arrays = []
-        with h5py.File(tmp_path / run / "cvae.weights.h5") as f:
+        with h5py.File(run / "cvae.weights.h5") as f:
             f.visititems(lambda name, item: arrays.append(item[()])
                          if isinstance(item, h5py.Dataset) else None)
         return arrays
 
-    for run in ("process0", "process1"):
-        assert float(read_history(tmp_path / run)[0]["loss"]) == pytest.approx(
-            float(read_history(tmp_path / "alone")[0]["loss"]), abs=1e-3)
-        assert max(np.abs(a - b).max() for a, b in zip(weights(run), weights("alone"))) < 1e-6
+    assert [row["epoch"] for row in read_history(shared)] == ["0", "1"]
+    for row, row_alone in zip(read_history(shared), read_history(alone)):
+        assert float(row["loss"]) == pytest.approx(float(row_alone["loss"]), abs=1e-3)
+    assert max(np.abs(a - b).max() for a, b in zip(weights(shared), weights(alone))) < 1e-6
+
+
+# train.py, run as `python train.py ...` runs it, under an audit hook (PEP 578) that prints to
+# stderr each file the process opens for writing, renames, deletes or makes under FOLDER. Every
+# write of the project begins with such a call (atomic_files: mkstemp, then os.replace); only
+# the C libraries' writes into that temporary (HDF5's, TensorFlow's) raise no audit event.
+AUDITED_TRAIN = """
+import os, runpy, sys
+FOLDER = os.path.abspath(sys.argv[1])
+WRITES = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+CHANGES = {"os.rename": 1, "os.remove": 0, "os.rmdir": 0, "os.mkdir": 0, "shutil.rmtree": 0,
+           "os.truncate": 0, "os.chmod": 0, "os.link": 1, "os.symlink": 1}
+
+def audit(event, args):
+    if event == "open":
+        path, mode, flags = args
+        if not ((mode and any(c in mode for c in "wax+")) or (flags or 0) & WRITES):
+            return
+    elif event in CHANGES:
+        path = args[CHANGES[event]]
+    else:
+        return
+    if isinstance(path, (str, bytes, os.PathLike)):
+        path = os.path.abspath(os.fsdecode(path))
+        if path.startswith(FOLDER + os.sep) or path == FOLDER:
+            sys.stderr.write(f"audit: {event} {path}\\n")
+
+sys.addaudithook(audit)
+sys.path.insert(0, ROOT)
+sys.argv = [os.path.join(ROOT, "train.py")] + sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def start_jax_job(logs, port, arguments, audited_folder, stop_at=None):
+    """The two train.py processes of one JAX job, its coordinator at port, each audited for its
+    writes under audited_folder; stop_at: the signal each sends itself, and when (start_train).
+    Their stdout and stderr go to files in logs, not to pipes, which would stall a process that
+    fills one while the test waits for another."""
+    logs.mkdir()
+    processes = []
+    for index in (0, 1):
+        with open(logs / f"process{index}.out", "w") as out, \
+                open(logs / f"process{index}.err", "w") as err:
+            processes.append(subprocess.Popen(
+                [sys.executable, "-c", AUDITED_TRAIN.replace("ROOT", repr(ROOT)),
+                 str(audited_folder), *arguments],
+                cwd=ROOT, stdout=out, stderr=err, text=True,
+                env={**os.environ, "CVAE_TEST_SIGNAL": stop_at or "",
+                     "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"localhost:{port}",
+                     "KERAS_DISTRIBUTION_NUM_PROCESSES": "2",
+                     "KERAS_DISTRIBUTION_PROCESS_ID": str(index)}))
+    return processes
+
+
+def finish_jax_job(processes, logs, timeout=600):
+    """Wait until every process has ended, or one has failed (the other would wait for it in a
+    collective until the coordinator gives up, minutes later); then, for each: pid, returncode,
+    stdout, stderr, and the paths its audit saw it write (writes)."""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and any(p.poll() is None for p in processes):
+            if any(p.returncode not in (None, 0, 143) for p in processes):
+                break
+            time.sleep(0.5)
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+    finished = []
+    for index, process in enumerate(processes):
+        stderr = (logs / f"process{index}.err").read_text()
+        finished.append(SimpleNamespace(
+            pid=process.pid, returncode=process.returncode, stderr=stderr,
+            stdout=(logs / f"process{index}.out").read_text(),
+            writes={line.split(" ", 2)[2] for line in stderr.splitlines()
+                    if line.startswith("audit: ")}))
+    return finished
+
+
+def files_under(folder):
+    return [path for path in folder.rglob("*") if path.is_file()]
+
+
+def run_files(folder):
+    """The files of a run folder, relative to it, TensorBoard's logs by their folder alone."""
+    return {str(path.parent.relative_to(folder) / "events") if ".tfevents." in path.name
+            else str(path.relative_to(folder)) for path in files_under(folder)}

@@ -1,0 +1,81 @@
+"""precision="auto": the fastest floating-point policy that this hardware runs natively, and why.
+
+- A GPU with tensor cores (compute capability 7.0 or more): mixed_float16.
+- A CPU with native bfloat16 (AVX512_BF16 or AMX) on TensorFlow: mixed_bfloat16. oneDNN runs
+  the convolutions in bf16 there: 1.67 times as fast as float32 with AVX512_BF16, 2.5 times with
+  AMX (docs/speed.md), and the full default run reached the same test negative ELBO within its
+  standard error (docs/results.md). JAX's and PyTorch's CPU kernels in bf16 were not measured,
+  so they keep float32.
+- Anything else: float32.
+"""
+
+import os
+
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+TENSOR_CORE_CAPABILITY = (7, 0)
+
+
+def resolve(precision):
+    """(the Keras dtype policy to use, why), for a precision setting of PRECISIONS."""
+    if precision != "auto":
+        return precision, "as set"
+    import keras
+
+    backend = keras.backend.backend()
+    capability = gpu_capability(backend)
+    if capability is not None:
+        if capability >= TENSOR_CORE_CAPABILITY:
+            return "mixed_float16", (f"precision=auto: a GPU with tensor cores (compute "
+                                     f"capability {capability[0]}.{capability[1]})")
+        return "float32", (f"precision=auto: a GPU without tensor cores (compute capability "
+                           f"{capability[0]}.{capability[1]})")
+    flags = cpu_flags()
+    native = [flag for flag in NATIVE_BF16_FLAGS if flag in (flags or ())]
+    if native and backend == "tensorflow":
+        return "mixed_bfloat16", f"precision=auto: a CPU with native bf16 ({', '.join(native)})"
+    if native:
+        return "float32", (f"precision=auto: the CPU has native bf16 ({', '.join(native)}), but "
+                           f"bf16 was measured faster only on TensorFlow, not on {backend}")
+    if flags is None:
+        return "float32", "precision=auto: the CPU's features could not be read (/proc/cpuinfo)"
+    return "float32", "precision=auto: a CPU without native bf16 (no AVX512_BF16, no AMX)"
+
+
+def cpu_flags():
+    """The CPU's feature flags (lower case) from Linux's /proc/cpuinfo; None where unreadable."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        return None
+    return None
+
+
+def gpu_capability(backend):
+    """(major, minor) CUDA compute capability of the first GPU the backend sees; None without
+    one (or where the backend does not say)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES") == "":
+        return None
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        if gpus:
+            capability = tf.config.experimental.get_device_details(gpus[0]).get(
+                "compute_capability")
+            return tuple(capability) if capability else None
+    elif backend == "jax":
+        import jax
+
+        gpus = [device for device in jax.devices() if device.platform == "gpu"]
+        if gpus and getattr(gpus[0], "compute_capability", None):
+            return tuple(int(part) for part in str(gpus[0].compute_capability).split(".")[:2])
+    elif backend == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            return tuple(torch.cuda.get_device_capability(0))
+    return None

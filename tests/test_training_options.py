@@ -1,0 +1,199 @@
+"""What the run can add to the article's training: a moving average of the weights, weight decay
+on the two wide Dense kernels, a validation split to choose settings on, and binarized images
+(the field's benchmark)."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import fake_mnist_arrays, numpy_negative_elbo, run_script
+from cvae import build_cvae, wide_dense_kernels
+from data import load_dataset
+from plumbing.errors import ExplainedError
+from plumbing.optimizer import make_optimizer
+
+SHAPE = (8, 8, 1)
+
+
+def small_model(**settings):
+    return build_cvae(2, SHAPE, seed=0, **settings)
+
+
+def test_weight_decay_shrinks_the_two_wide_kernels_and_nothing_else():
+    model = small_model()
+    variables = model.trainable_variables
+    optimizer = make_optimizer("rmsprop", 1e-2, total_steps=10, warmup_steps=0,
+                               schedule="constant", fused=False, weight_decay=0.5,
+                               decayed=wide_dense_kernels(model), variables=variables)
+    before = [keras.ops.convert_to_numpy(v) for v in variables]
+    # Zero gradients: RMSprop moves nothing, so whatever changes is the decay alone.
+    optimizer.apply([keras.ops.zeros(v.shape) for v in variables], variables)
+    decayed = {id(v) for v in wide_dense_kernels(model)}
+    assert len(decayed) == 2
+    for variable, old in zip(variables, before):
+        expected = old * (1 - 1e-2 * 0.5) if id(variable) in decayed else old
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(variable), expected, rtol=1e-6,
+                                   err_msg=variable.path)
+
+
+def test_fit_ends_with_the_moving_average_of_the_weights_it_trained():
+    model = small_model()
+    model.compile(optimizer=make_optimizer("rmsprop", 1e-3, total_steps=6, warmup_steps=0,
+                                           schedule="constant", fused=False, ema_momentum=0.6))
+    trajectory = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            trajectory.append([keras.ops.convert_to_numpy(v)
+                               for v in self.model.trainable_variables])
+
+    x = np.random.default_rng(0).random((48, *SHAPE)).astype("float32")
+    model.fit(x, batch_size=8, epochs=1, shuffle=False, verbose=0, callbacks=[Record()])
+    assert len(trajectory) == 6
+    # Keras's average: the first step's weights, then 0.6 * average + 0.4 * weights each step.
+    average = trajectory[0]
+    for weights in trajectory[1:]:
+        average = [0.6 * a + 0.4 * w for a, w in zip(average, weights)]
+    for variable, expected in zip(model.trainable_variables, average):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(variable), expected, atol=1e-6)
+    assert not np.allclose(keras.ops.convert_to_numpy(model.trainable_variables[0]),
+                           trajectory[-1][0])
+
+
+@pytest.mark.parametrize("binarize", ["static", "dynamic"])
+def test_training_images_are_binarized_as_the_model_sees_them(binarize):
+    model = small_model(binarize=binarize)
+    x = np.broadcast_to(np.linspace(0.0, 1.0, 64, dtype="float32").reshape(SHAPE),
+                        (500, *SHAPE)).copy()
+    seen = keras.ops.convert_to_numpy(model(x, training=True)["image"])
+    assert set(np.unique(seen)) <= {0.0, 1.0}
+    if binarize == "static":
+        np.testing.assert_array_equal(seen, (x > 0.5).astype("float32"))
+    else:
+        # Each pixel drawn from Bernoulli(its grey level): over 500 draws, the share of ones is
+        # the grey level (binomial standard error at most 0.023).
+        np.testing.assert_allclose(seen.mean(axis=0), x[0], atol=0.1)
+        again = keras.ops.convert_to_numpy(model(x, training=True)["image"])
+        assert not np.array_equal(seen, again)  # drawn anew each time it is seen
+    # Outside training the images are taken as given (the held-out ones are binarized once).
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(model(x)["image"]), x)
+
+
+def test_the_held_out_images_are_binarized_once(tmp_path):
+    path = tmp_path / "mnist.npz"
+    np.savez(path, **fake_mnist_arrays())
+    grey = load_dataset("mnist", str(path))
+    static = grey.binarized("static", seed=0)
+    np.testing.assert_array_equal(static.x_test, (grey.x_test > 0.5).astype("float32"))
+    np.testing.assert_array_equal(static.x_train, grey.x_train)  # the model binarizes these
+    dynamic = grey.binarized("dynamic", seed=0)
+    np.testing.assert_array_equal(dynamic.x_test, grey.binarized("dynamic", seed=0).x_test)
+    assert set(np.unique(dynamic.x_test)) == {0.0, 1.0}
+    assert abs(dynamic.x_test.mean() - grey.x_test.mean()) < 0.01
+    assert not np.array_equal(dynamic.x_test, grey.binarized("dynamic", seed=1).x_test)
+
+
+def test_binarizing_colour_images_is_refused(tmp_path):
+    from conftest import coloured_squares, write_images
+
+    write_images(tmp_path / "pics", coloured_squares(12, size=8))
+    with pytest.raises(ExplainedError, match="binarize='static' is for grey images"):
+        load_dataset(str(tmp_path / "pics")).binarized("static", seed=0)
+
+
+def test_the_validation_split_comes_out_of_the_training_images(tmp_path):
+    path = tmp_path / "mnist.npz"
+    np.savez(path, **fake_mnist_arrays(n_train=100))
+    data = load_dataset("mnist", str(path))
+    split = data.with_validation(30, seed=4)
+    assert split.num_train == 70 and len(split.x_val) == 30 and len(split.y_val) == 30
+    # Together, exactly the training images (each image is told apart by its pixels).
+    def keys(x):
+        return sorted(x.reshape(len(x), -1).tobytes() for x in x)
+    assert keys(np.concatenate([split.x_train, split.x_val])) == keys(data.x_train)
+    np.testing.assert_array_equal(split.x_val, data.with_validation(30, seed=4).x_val)
+    assert not np.array_equal(split.x_val, data.with_validation(30, seed=5).x_val)
+    np.testing.assert_array_equal(split.x_test, data.x_test)  # the test split untouched
+    assert split.monitored_images()[0] is split.x_val
+    with pytest.raises(ExplainedError, match="leaves no training image"):
+        data.with_validation(100, seed=0)
+
+
+@pytest.mark.slow
+def test_a_run_with_a_validation_split_reports_it_and_binarizes_its_test_images(tmp_path):
+    data_path = tmp_path / "mnist.npz"
+    np.savez(data_path, **fake_mnist_arrays(n_train=200, n_test=40))
+    out_dir = tmp_path / "run"
+    result = run_script("train.py", f"--data_path={data_path}", f"--out_dir={out_dir}",
+                        "--epochs=1", "--batch_size=32", "--warmup_steps=5",
+                        "--validation_images=50", "--binarize=static", "--ema_momentum=0.9")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "150 training, 50 validation and 40 test images" in result.stdout
+    config = json.loads((out_dir / "config.json").read_text())
+    assert config["data"]["validation_images"] == 50
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+
+    data = load_dataset("mnist", str(data_path)).with_validation(50, seed=0).binarized(
+        "static", seed=0)
+    reconstruction, kl, _ = numpy_negative_elbo(out_dir, data_path, eval_seed=[0, 1],
+                                                x=data.x_val)
+    assert metrics["validation_negative_elbo"] == pytest.approx(
+        np.mean(reconstruction + kl), abs=1e-2)
+    reconstruction, kl, _ = numpy_negative_elbo(out_dir, data_path, x=data.x_test)
+    assert metrics["test_negative_elbo"] == pytest.approx(np.mean(reconstruction + kl),
+                                                          abs=1e-2)
+
+
+@pytest.mark.parametrize("capability, flags, tensorflow_choice, other_choice", [
+    ((8, 0), set(), "mixed_float16", "mixed_float16"),  # tensor cores
+    ((6, 1), {"amx_bf16"}, "float32", "float32"),  # a GPU without them; the CPU does not count
+    (None, {"avx512f", "avx512_bf16"}, "mixed_bfloat16", "float32"),
+    (None, {"amx_bf16", "amx_tile"}, "mixed_bfloat16", "float32"),
+    (None, {"avx512f", "avx2"}, "float32", "float32"),
+    (None, None, "float32", "float32"),  # /proc/cpuinfo unreadable
+])
+def test_precision_auto_chooses_what_the_hardware_runs_natively(monkeypatch, capability, flags,
+                                                                tensorflow_choice, other_choice):
+    from plumbing import precision
+
+    monkeypatch.setattr(precision, "gpu_capability", lambda backend: capability)
+    monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
+    policy, why = precision.resolve("auto")
+    assert policy == (tensorflow_choice if keras.backend.backend() == "tensorflow"
+                      else other_choice)
+    assert why.startswith("precision=auto: ")
+    assert precision.resolve("mixed_bfloat16") == ("mixed_bfloat16", "as set")
+
+
+def test_this_machines_cpu_flags_are_read():
+    from plumbing import precision
+
+    flags = precision.cpu_flags()
+    assert flags is None or "fpu" in flags  # every x86 CPU lists it; None off Linux
+
+
+def test_a_run_from_before_these_options_still_resumes(tmp_path):
+    import train
+    from plumbing import run_folder
+    from plumbing.atomic_files import write_json
+    from plumbing.errors import ConfigError
+
+    def older_run(folder):
+        """A folder holding the config.json of a run made before the four options existed."""
+        config = train.read_config([f"--out_dir={folder}"])
+        folder.mkdir()
+        write_json(str(folder / run_folder.CONFIG_FILE), {
+            key: value for key, value in config.items() if key not in (
+                "validation_images", "binarize", "ema_momentum", "weight_decay")})
+        return str(folder)
+
+    # It trained without weight decay: resumed with weight_decay=0, refused with the new default.
+    same = older_run(tmp_path / "same")
+    config = train.read_config([f"--out_dir={same}", "--weight_decay=0"])
+    assert run_folder.prepare_out_dir(same, config, train.BEFORE_IT_EXISTED) is True
+    other = older_run(tmp_path / "other")
+    default = train.read_config([f"--out_dir={other}"])
+    with pytest.raises(ConfigError, match="weight_decay: 0.0 there, 0.5 now.*Pass the values"):
+        run_folder.prepare_out_dir(other, default, train.BEFORE_IT_EXISTED)
