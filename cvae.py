@@ -22,6 +22,7 @@ their Appendix B, summed over latent dimensions.
 import math
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 ARCHITECTURES = ("article", "strided")
@@ -286,7 +287,10 @@ class CVAE(keras.Model):
     """
 
     def __init__(self, encoder, decoder, seed=None, binarize=None, **kwargs):
-        super().__init__(**kwargs)
+        # autocast=False: the images stay float32 here under a mixed-precision policy, so the
+        # loss measures the reconstruction against the pixels themselves, and binarizing
+        # compares float32 pixels with float32 noise (the encoder casts its own input).
+        super().__init__(autocast=False, **kwargs)
         self.encoder = encoder
         self.decoder = decoder
         self.sampling = Sampling(seed=seed, name="sampling")
@@ -296,8 +300,11 @@ class CVAE(keras.Model):
         # binary image. The held-out images are binarized once (data.binarized).
         self.binarize = binarize
         if binarize == "dynamic":
+            # Its own stream, far from the sampling noise's: PyTorch seeds each draw with the
+            # sum of a generator's two state words, so seed + 1 would repeat its draws.
             self.binarization_noise = keras.random.SeedGenerator(
-                None if seed is None else (seed + 1) % 2**32)
+                None if seed is None else int(np.random.SeedSequence([seed, 3]).generate_state(
+                    1)[0] % 2**31))
         self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction_loss")
         self.kl_tracker = keras.metrics.Mean(name="kl_loss")
 
@@ -379,8 +386,6 @@ def build_anomaly_scorer(encoder, decoder, draws=ANOMALY_DRAWS, seed=0):
     the decoder and keras.ops, so that the number the evaluation saw is the number score.py and
     the exported scorer.onnx give.
     """
-    import numpy as np  # the fixed draws are constants of the graph
-
     image_shape = tuple(encoder.inputs[0].shape[1:])
     latent_dim = decoder.inputs[0].shape[-1]
     epsilon = np.random.default_rng(seed).standard_normal((draws, latent_dim)).astype("float32")

@@ -86,7 +86,7 @@ class ImageData:
         require(self.image_shape[2] == 1,
                 f"binarize={binarize!r} is for grey images, and {self.description} has "
                 f"{self.image_shape[2]} channels; leave binarize as None (or use channels=1).")
-        rng = np.random.default_rng([seed, 2])
+        rng = np.random.default_rng([seed, 0, 2])  # not EpochShuffle's [seed, epoch]
 
         def made_binary(x):
             if x is None:
@@ -225,6 +225,16 @@ def as_trained(data, config):
     if config.get("binarize") is not None:
         data = data.binarized(config["binarize"], config.get("seed", 0))
     return data
+
+
+def as_the_run_sees(x, config):
+    """New images made comparable with a run's (binarized) test images: thresholded at 0.5 for
+    binarize="static", as the model saw its training images; as they are otherwise. For
+    "dynamic", a grey pixel's Bernoulli loss is already the expected loss over its binary
+    draws."""
+    if config.get("binarize") == "static":
+        return (np.asarray(x) > 0.5).astype(np.float32)
+    return x
 
 
 def require_same_data(run_dir, old_data, new_data):

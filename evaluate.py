@@ -134,7 +134,7 @@ def validation_metrics(model, data, settings):
     labels = data.y_val if model.conditional else None
     z_mean, z_log_var = measures.encode(model, data.x_val, labels=labels)
     reconstruction, kl = measures.elbo_from_encoding(
-        model, data.x_val, z_mean, z_log_var, np.random.default_rng([settings["eval_seed"], 1]),
+        model, data.x_val, z_mean, z_log_var, np.random.default_rng([settings["eval_seed"], 0, 1]),
         labels=labels)
     return measures.summarize_negative_elbo(reconstruction, kl, prefix="validation_")
 
@@ -372,7 +372,8 @@ def draw_figures(figures, data, z_mean, scores, metrics, history, run_dir):
                                      [f"{names[a]} to {names[b]}" for a, b in figures["pairs"]],
                                      path("interpolation.png"))
     if history:
-        plotting.plot_learning_curves(history, path("learning_curves.png"))
+        plotting.plot_learning_curves(history, path("learning_curves.png"),
+                                      "test" if data.x_val is None else "validation")
     test_captions = None if data.y_test is None else [data.caption(y) for y in data.y_test]
     plotting.plot_typical_and_atypical(data.x_test, scores, test_captions, path("anomalies.png"))
     is_held_out = None

@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from data import load_dataset_of_run
+from data import as_the_run_sees, load_dataset_of_run
 from plumbing.command_line import (
     check_rules,
     parse_overrides,
@@ -184,7 +184,7 @@ class Explorer:
             raise DataError(f"This file cannot be read as an image ({type(error).__name__}: "
                             f"{str(error)[:200]}). Give a PNG, JPEG, BMP or GIF file.") from None
         labels = self._label(query.get("label"), 1)
-        x = pixels[None]
+        x = as_the_run_sees(pixels[None], self.config)
         with self.lock:
             scores, z_mean, z_log_var = self.measures.score_images(
                 self.model, x, self.settings["seed"], labels)

@@ -77,7 +77,9 @@ def scorer_metadata(run_dir, config):
     from plumbing.run_folder import ANOMALY_THRESHOLD_FILE, image_shape_of
 
     shape = image_shape_of(config)
-    metadata = {"input": f"float32 (N, {shape[0]}, {shape[1]}, {shape[2]}) in [0, 1]",
+    binarized = (" thresholded at 0.5 (the run trained on binarized images)"
+                 if config.get("binarize") == "static" else "")
+    metadata = {"input": f"float32 (N, {shape[0]}, {shape[1]}, {shape[2]}) in [0, 1]{binarized}",
                 "image_shape": json.dumps(list(shape)),
                 "class_names": json.dumps(config.get("data", {}).get("class_names"))}
     path = os.path.join(run_dir, ANOMALY_THRESHOLD_FILE)

@@ -250,22 +250,23 @@ def plot_image_grid(images, rows, columns, path, title):
     return _save(fig, path)
 
 
-def plot_learning_curves(history, path):
-    """Train and test negative ELBO, reconstruction and KL per epoch, from history.csv rows."""
+def plot_learning_curves(history, path, held_out="test"):
+    """Train and held-out negative ELBO, reconstruction and KL per epoch, from history.csv rows;
+    held_out names the images of the val_* columns ("validation" when the run held some out)."""
     epochs = [row["epoch"] + 1 for row in history]
     panels = (("loss", "negative ELBO"), ("reconstruction_loss", "reconstruction"),
               ("kl_loss", "KL"))
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, (key, name) in zip(axes, panels):
         ax.plot(epochs, [row.get(key, np.nan) for row in history], "o-", label="train")
-        ax.plot(epochs, [row.get(f"val_{key}", np.nan) for row in history], "s--", label="test")
+        ax.plot(epochs, [row.get(f"val_{key}", np.nan) for row in history], "s--", label=held_out)
         ax.set_xlabel("epoch")
         ax.set_ylabel("nats per image")
         ax.set_title(name, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle("Learning curves (train: running mean over the epoch; test: after the epoch)",
-                 fontsize=10)
+    fig.suptitle(f"Learning curves (train: running mean over the epoch; {held_out}: after the "
+                 f"epoch)", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 

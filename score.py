@@ -59,7 +59,7 @@ def main(argv):
                                 "threshold": float, "masks": str})
     check_rules(settings, SCORE_RULES)
     quiet_tensorflow()
-    from data import label_of_run
+    from data import as_the_run_sees, label_of_run
     from plumbing import run_folder
 
     config, model = run_folder.load_run(run_dir)
@@ -74,8 +74,8 @@ def main(argv):
     names, images, failed = read_inputs(inputs, image_shape)
     rows = []
     if images:
-        rows = score_images(model, np.stack(images), names, label, test_scores, rule,
-                            image_shape, settings)
+        rows = score_images(model, as_the_run_sees(np.stack(images), config), names, label,
+                            test_scores, rule, image_shape, settings)
     rows += [{"path": name, "error": error} for name, error in failed]
     out = settings["out"] or os.path.join(run_dir, "scores.csv")
     make_parent_folder(out)

@@ -266,7 +266,8 @@ def checked_data(config, device_count):
     data = training_images(load_dataset_of_run(config), config)
     config["data"] = data.summary()
     check_model_fits_data(data, config)
-    check_batches_split(device_count, config, len(data.x_test), data.num_train)
+    check_batches_split(device_count, config, len(data.x_test), data.num_train,
+                        None if data.x_val is None else len(data.x_val))
     if config["overwrite"]:
         run_folder.remove_run(config["out_dir"])
     return data
@@ -302,9 +303,10 @@ def training_images(data, config):
     return data
 
 
-def check_batches_split(devices, config, test_images=None, train_images=None):
+def check_batches_split(devices, config, test_images=None, train_images=None,
+                        validation_images=None):
     """Every batch must split evenly across the devices (see plumbing/devices.py), and an epoch
-    and the per-epoch test loss need at least one image per device."""
+    and the per-epoch loss on the held-out images need at least one image per device."""
     require(config["batch_size"] % devices == 0,
             f"batch_size={config['batch_size']} does not split evenly across the {devices} "
             f"devices of distribute=data_parallel: make it a multiple of {devices} (it is the "
@@ -316,11 +318,16 @@ def check_batches_split(devices, config, test_images=None, train_images=None):
             f"Only {train_images} training image(s) for the {devices} devices of "
             f"distribute=data_parallel, which need one each; use fewer devices or more "
             f"training images.")
+    require(validation_images is None or validation_images >= devices,
+            f"The validation split has {validation_images} image(s), fewer than the {devices} "
+            f"devices of distribute=data_parallel, which measure it after each epoch; hold out "
+            f"more (validation_images) or use fewer devices.")
 
 
 def monitored_on_devices(devices, num_train, images_per_epoch, monitored, config):
-    """The number of test images the per-epoch test loss can use on devices devices (a multiple
-    of their count); says what the even split changes, when it changes anything."""
+    """The number of held-out images (validation, else test) the per-epoch loss can use on
+    devices devices (a multiple of their count); says what the even split changes, if
+    anything."""
     if devices == 1:
         return monitored
     print(f"Data-parallel on {devices} devices: each batch of {config['batch_size']} images is "
@@ -330,9 +337,9 @@ def monitored_on_devices(devices, num_train, images_per_epoch, monitored, config
               f"trains on {images_per_epoch} of the {num_train} images, and the "
               f"{num_train - images_per_epoch} left out change from epoch to epoch.")
     if monitored % devices:
-        print(f"The per-epoch test loss (val_*) is measured on the first "
-              f"{monitored - monitored % devices} test images, a multiple of {devices}; the "
-              f"final evaluation uses every test image.")
+        print(f"The per-epoch loss on held-out images (val_*) is measured on the first "
+              f"{monitored - monitored % devices} of them, a multiple of {devices}; the final "
+              f"evaluation uses every test image.")
     return monitored - monitored % devices
 
 

@@ -82,7 +82,7 @@ class FusedUpdate:
 
 
 def make_optimizer(name, learning_rate, total_steps, warmup_steps=500, schedule="cosine",
-                   fused=True, ema_momentum=None, weight_decay=0.0, decayed=(), variables=()):
+                   fused=True, ema_momentum=None, weight_decay=0.0, decayed=None, variables=None):
     """The named Keras optimizer, with its default settings but for the learning rate.
 
     fused=True (train.py's setting) compiles its update with XLA on the TensorFlow backend; the
@@ -93,8 +93,8 @@ def make_optimizer(name, learning_rate, total_steps, warmup_steps=500, schedule=
     ema_momentum: keep an exponential moving average of the weights (Polyak & Juditsky 1992),
     which Keras writes over the weights when fit() ends, so that the evaluation and every export
     use it. weight_decay: decoupled weight decay (Loshchilov & Hutter 2019), each step taking
-    learning rate x weight_decay of each weight in `decayed`, and of none of the other
-    `variables`.
+    learning rate x weight_decay of each weight in `decayed` (a subset of `variables`, the model's
+    trainable variables) and of none of the others; of every weight when decayed is None.
     """
     import keras
 
@@ -113,7 +113,10 @@ def make_optimizer(name, learning_rate, total_steps, warmup_steps=500, schedule=
         settings["name"] = keras_class().name
         keras_class = type(f"Fused{keras_class.__name__}", (FusedUpdate, keras_class), {})
     optimizer = keras_class(**settings)
-    if weight_decay:
+    if weight_decay and decayed is not None:
+        if variables is None:
+            raise ValueError("make_optimizer needs every trainable variable (variables) to "
+                             "exclude those outside `decayed` from the weight decay.")
         decayed_ids = {id(variable) for variable in decayed}
         optimizer.exclude_from_weight_decay(
             var_list=[variable for variable in variables if id(variable) not in decayed_ids])

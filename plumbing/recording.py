@@ -99,7 +99,8 @@ class KeyedRandomness(keras.callbacks.Callback):
         for variable in self.model.variables:
             if variable.path.endswith("seed_generator_state"):
                 state = keras.ops.convert_to_numpy(variable.value)
-                state[1] = epoch * self.NOISE_DRAWS_PER_EPOCH
+                # Wrapped into 31 bits: PyTorch keeps the state as int32.
+                state[1] = (epoch * self.NOISE_DRAWS_PER_EPOCH) % 2**31
                 variable.assign(state)
 
 

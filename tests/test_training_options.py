@@ -197,3 +197,32 @@ def test_a_run_from_before_these_options_still_resumes(tmp_path):
     default = train.read_config([f"--out_dir={other}"])
     with pytest.raises(ConfigError, match="weight_decay: 0.0 there, 0.5 now.*Pass the values"):
         run_folder.prepare_out_dir(other, default, train.BEFORE_IT_EXISTED)
+
+
+def test_new_images_are_seen_as_a_binarized_run_saw_its_own():
+    from data import as_the_run_sees
+
+    grey = np.linspace(0.0, 1.0, 64, dtype="float32").reshape(1, *SHAPE)
+    np.testing.assert_array_equal(as_the_run_sees(grey, {"binarize": "static"}),
+                                  (grey > 0.5).astype("float32"))
+    # Dynamic: the Bernoulli loss of a grey pixel is already the mean over its binary draws.
+    assert as_the_run_sees(grey, {"binarize": "dynamic"}) is grey
+    assert as_the_run_sees(grey, {}) is grey
+
+
+def test_under_mixed_precision_the_loss_measures_the_float32_pixels():
+    # The model does not cast its input: the reconstruction is scored against the pixels, not
+    # against their bfloat16 rounding (up to 0.002 away), and a fit step runs.
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = small_model()
+        x = np.random.default_rng(0).random((8, *SHAPE)).astype("float32")
+        seen = model(x, training=True)["image"]
+        assert keras.backend.standardize_dtype(seen.dtype) == "float32"
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(seen), x)
+        model.compile(optimizer=make_optimizer("rmsprop", 1e-4, total_steps=1, warmup_steps=0,
+                                               fused=False))
+        history = model.fit(x, batch_size=8, epochs=1, verbose=0)
+        assert np.isfinite(history.history["loss"][0])
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
