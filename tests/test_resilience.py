@@ -120,7 +120,8 @@ def test_divergence_stops_with_a_message_and_saves_no_nan_weights(tmp_path, fake
     out_dir = tmp_path / "run"
     result = run_script("train.py", f"--data_path={fake_mnist_path}", f"--out_dir={out_dir}",
                         "--epochs=2", "--batch_size=16", "--warmup_steps=0",
-                        "--learning_rate=1e6", "--lr_schedule=constant")
+                        "--learning_rate=1e6", "--lr_schedule=constant",
+                        "--weight_decay=0")  # at this rate any decay is refused before training
     assert result.returncode == 3, result.stderr[-2000:]
     assert "training diverged" in result.stderr and "epoch 1, batch" in result.stderr
     assert "--learning_rate" in result.stderr and "Traceback" not in result.stderr

@@ -92,6 +92,11 @@ def test_one_epoch_on_a_small_file_writes_the_whole_run(finished_run):
     (["--architecture=resnet"], "architecture must be article or strided"),
     (["--dataset=imagenet"], "mnist, fashion_mnist, cifar10"),
     (["--precision=float8"], "precision must be one of"),
+    (["--binarize=yes"], "binarize must be None (grey pixels), static or dynamic"),
+    (["--weight_decay=-1"], "weight_decay must be 0 or more"),
+    (["--learning_rate=1", "--weight_decay=2"], "their product must be below 1"),
+    (["--ema_momentum=1"], "ema_momentum must be None (no averaging) or between 0 and 1"),
+    (["--validation_images=0"], "validation_images must be None or at least 1"),
 ])
 def test_bad_input_is_refused_in_one_message(tmp_path, arguments, message):
     result = run_train(*arguments, f"--out_dir={tmp_path / 'run'}")
