@@ -249,7 +249,7 @@ def fit_inputs(data, config, device_count, images_per_epoch, shuffle):
     if note:
         print(note.replace("OUT_DIR", config["out_dir"]))
     monitored = monitored_on_devices(device_count, data.num_train, images_per_epoch, monitored,
-                                     config)
+                                     config, "test" if data.x_val is None else "validation")
     monitored_input = devices.even_batches(
         data.monitored_input(monitored, batch_size, conditional), device_count, monitored,
         batch_size)
@@ -324,7 +324,8 @@ def check_batches_split(devices, config, test_images=None, train_images=None,
             f"more (validation_images) or use fewer devices.")
 
 
-def monitored_on_devices(devices, num_train, images_per_epoch, monitored, config):
+def monitored_on_devices(devices, num_train, images_per_epoch, monitored, config,
+                         held_out="test"):
     """The number of held-out images (validation, else test) the per-epoch loss can use on
     devices devices (a multiple of their count); says what the even split changes, if
     anything."""
@@ -337,9 +338,9 @@ def monitored_on_devices(devices, num_train, images_per_epoch, monitored, config
               f"trains on {images_per_epoch} of the {num_train} images, and the "
               f"{num_train - images_per_epoch} left out change from epoch to epoch.")
     if monitored % devices:
-        print(f"The per-epoch loss on held-out images (val_*) is measured on the first "
-              f"{monitored - monitored % devices} of them, a multiple of {devices}; the final "
-              f"evaluation uses every test image.")
+        print(f"The per-epoch {held_out} loss (val_*) is measured on the first "
+              f"{monitored - monitored % devices} {held_out} images, a multiple of {devices}; "
+              f"the final evaluation uses every test image.")
     return monitored - monitored % devices
 
 
