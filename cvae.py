@@ -375,7 +375,7 @@ def build_cvae(latent_dim, image_shape, architecture="article", seed=None, num_c
 ANOMALY_DRAWS = 16  # K, the noise vectors of the deterministic score
 
 
-def build_anomaly_scorer(encoder, decoder, draws=ANOMALY_DRAWS, seed=0):
+def build_anomaly_scorer(encoder, decoder, draws=ANOMALY_DRAWS, seed=0, binarize=None):
     """images (and labels, for a conditional model) -> [anomaly_score (N,), pixel_loss (N, height,
     width)], deterministic.
 
@@ -384,23 +384,26 @@ def build_anomaly_scorer(encoder, decoder, draws=ANOMALY_DRAWS, seed=0):
     anomaly_score is its sum plus the KL term: the negative ELBO in nats, with fixed draws instead
     of fresh ones, so that one image always gets one score. A functional model of the encoder,
     the decoder and keras.ops, so that the number the evaluation saw is the number score.py and
-    the exported scorer.onnx give.
+    the exported scorer.onnx give. binarize="static" (the run's setting) thresholds the images
+    at 0.5 inside the model, as the run saw its own, so that the exported file needs no
+    preprocessing that only this project knows.
     """
     image_shape = tuple(encoder.inputs[0].shape[1:])
     latent_dim = decoder.inputs[0].shape[-1]
     epsilon = np.random.default_rng(seed).standard_normal((draws, latent_dim)).astype("float32")
-    image = keras.Input(image_shape, name="image")
-    inputs = [image]
+    given = keras.Input(image_shape, name="image")
+    image = ops.cast(given > 0.5, given.dtype) if binarize == "static" else given
+    inputs = [given]
     if len(decoder.inputs) == 2:  # conditional: every draw is decoded in the image's class
         inputs.append(keras.Input(shape=(), dtype="int32", name="label"))
-    z_mean, z_log_var = encoder(inputs if len(inputs) == 2 else image)
+    z_mean, z_log_var = encoder([image, inputs[1]] if len(inputs) == 2 else image)
     z = z_mean[:, None, :] + ops.exp(0.5 * z_log_var)[:, None, :] * epsilon  # (N, K, latent)
     z = ops.reshape(z, (-1, latent_dim))  # (N * K, latent), image by image
     decoded = decoder([z, ops.repeat(inputs[1], draws, axis=0)] if len(inputs) == 2 else z)
     decoded = ops.reshape(decoded, (-1, draws) + image_shape)  # (N, K, *image_shape)
     pixel_loss = ops.sum(ops.mean(pixel_nats(image[:, None], decoded), axis=1), axis=-1)
     score = ops.sum(pixel_loss, axis=(1, 2)) + kl_to_standard_normal(z_mean, z_log_var)
-    return keras.Model(inputs if len(inputs) == 2 else image, [score, pixel_loss],
+    return keras.Model(inputs if len(inputs) == 2 else given, [score, pixel_loss],
                        name="anomaly_scorer")
 
 

@@ -7,7 +7,8 @@ report. Its input "image" is a float32 batch (N, height, width, channels) of the
 shape with values in [0, 1]: the images as the run takes them, resized, grey or RGB, divided by
 255 (a conditional run's scorer also takes "label", int32 (N,)). Its outputs are
 "anomaly_score" (N,), the negative ELBO in nats with fixed draws, and "pixel_loss" (N, height,
-width), the expected per-pixel loss before smoothing. The threshold kept with an inspection run
+width), the expected per-pixel loss before smoothing. A statically binarized run's file thresholds
+its input at 0.5 itself. The threshold kept with an inspection run
 goes into the file's metadata (image_threshold, pixel_threshold, smoothing_sigma).
 
 The route is Keras's own model.export(format="onnx"), through TensorFlow and tf2onnx, whatever
@@ -43,7 +44,9 @@ def main(argv):
     from plumbing.run_folder import SCORER_FILE, load_run
 
     config, model = load_run(run_dir)
-    scorer = build_anomaly_scorer(model.encoder, model.decoder)
+    # A statically binarized run's file thresholds its input itself (score.py and the explorer
+    # threshold new images before their scorer; here no project code stands before the file).
+    scorer = build_anomaly_scorer(model.encoder, model.decoder, binarize=config.get("binarize"))
     data = load_dataset_of_run(config, run_dir)
     count = max(1, min(settings["check_images"], len(data.x_test)))
     inputs = [data.x_test[:count]] + ([data.y_test[:count].astype("int32")]
@@ -77,7 +80,7 @@ def scorer_metadata(run_dir, config):
     from plumbing.run_folder import ANOMALY_THRESHOLD_FILE, image_shape_of
 
     shape = image_shape_of(config)
-    binarized = (" thresholded at 0.5 (the run trained on binarized images)"
+    binarized = (", thresholded at 0.5 inside the file (the run trained on binarized images)"
                  if config.get("binarize") == "static" else "")
     metadata = {"input": f"float32 (N, {shape[0]}, {shape[1]}, {shape[2]}) in [0, 1]{binarized}",
                 "image_shape": json.dumps(list(shape)),

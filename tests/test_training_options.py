@@ -122,7 +122,8 @@ def test_the_validation_split_comes_out_of_the_training_images(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_run_with_a_validation_split_reports_it_and_binarizes_its_test_images(tmp_path):
+def test_a_binarized_run_with_a_validation_split_reports_it_and_exports_a_thresholding_scorer(
+        tmp_path):
     data_path = tmp_path / "mnist.npz"
     np.savez(data_path, **fake_mnist_arrays(n_train=200, n_test=40))
     out_dir = tmp_path / "run"
@@ -144,6 +145,23 @@ def test_a_run_with_a_validation_split_reports_it_and_binarizes_its_test_images(
     reconstruction, kl, _ = numpy_negative_elbo(out_dir, data_path, x=data.x_test)
     assert metrics["test_negative_elbo"] == pytest.approx(np.mean(reconstruction + kl),
                                                           abs=1e-2)
+
+    # Its exported scorer thresholds grey images itself: they score as their 0/1 versions do.
+    import onnxruntime
+
+    result = run_script("export.py", str(out_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    session = onnxruntime.InferenceSession(str(out_dir / "scorer.onnx"),
+                                           providers=["CPUExecutionProvider"])
+    grey = load_dataset("mnist", str(data_path)).x_test[:8]
+    assert 0.05 < np.mean((grey > 0) & (grey < 1)), "the images must have grey pixels to test"
+    binary = (grey > 0.5).astype("float32")
+    grey_scores, grey_maps = session.run(None, {"image": grey})
+    binary_scores, binary_maps = session.run(None, {"image": binary})
+    np.testing.assert_array_equal(grey_scores, binary_scores)
+    np.testing.assert_array_equal(grey_maps, binary_maps)
+    assert "thresholded at 0.5 inside the file" in session.get_modelmeta().custom_metadata_map[
+        "input"]
 
 
 @pytest.mark.parametrize("capability, flags, tensorflow_choice, other_choice", [
