@@ -131,7 +131,7 @@ def main(argv):
     check_batches_split(device_count, config)
     # Several JAX processes: process 0 alone writes out_dir, and they take every decision that
     # depends on what it holds together (devices.agreed), or one would wait for the others.
-    devices.write_from_process_0()
+    writes_the_run = devices.write_from_process_0()
     out_dir = config["out_dir"]
     if not devices.agreed(lambda: run_folder.prepare_out_dir(out_dir, config, BEFORE_IT_EXISTED),
                           "the check of out_dir (refuse, train, or nothing to do)"):
@@ -178,7 +178,7 @@ def main(argv):
     stopping.kill_on_sigterm()
     run_folder.finish_run(out_dir)
     print(f"Saved the run in {out_dir}/: {run_folder.RECONSTRUCTIONS_FILE}, metrics.json, "
-          f"figures.")
+          f"figures." if writes_the_run else f"Done; process 0 saved the run in {out_dir}/.")
     return 0
 
 

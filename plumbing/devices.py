@@ -158,7 +158,8 @@ def even_batches(batches, devices, num_images, batch_size):
 
 def write_from_process_0():
     """In a JAX job of several processes, make every process but process 0 write nothing
-    (atomic_files.stop_writing), and say so; elsewhere, nothing changes."""
+    (atomic_files.stop_writing), and say so; elsewhere, nothing changes. Returns whether this
+    process writes the run folder."""
     from plumbing.atomic_files import stop_writing
 
     index, count = _jax_processes()
@@ -166,6 +167,7 @@ def write_from_process_0():
         stop_writing()
         print(f"Process {index} of {count}: process 0 writes the run folder; this process "
               f"trains in step with it and writes nothing there.", flush=True)
+    return index == 0
 
 
 def agreed(decide, what, code=int):

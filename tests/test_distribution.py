@@ -250,6 +250,9 @@ def test_two_jax_processes_train_as_one_device_does(tmp_path):
         assert "Data-parallel on 2 devices" in process.stdout  # one CPU device each
         assert "1 epoch(s) already done" in process.stdout  # from process 0's backup
     assert "Process 1 of 2: process 0 writes the run folder" in resumed[1].stdout
+    assert f"Saved the run in {shared}/" in resumed[0].stdout
+    assert "Saved the run" not in resumed[1].stdout
+    assert f"Done; process 0 saved the run in {shared}/" in resumed[1].stdout
 
     assert stopped[1].writes == resumed[1].writes == set()  # nothing opened, renamed, deleted
     # Every file there was put in place by process 0, TensorBoard's too (TensorFlow writes them
