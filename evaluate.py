@@ -139,20 +139,18 @@ def validation_metrics(model, data, settings):
     return measures.summarize_negative_elbo(reconstruction, kl, prefix="validation_")
 
 
-def scaled_to_run(images_per_epoch, epochs, test_images, monitored_images=None,
-                  validation=False):
+def scaled_to_run(images_per_epoch, epochs, test_images, monitored_split=None):
     """(evaluation settings, per-epoch monitoring images, note) for a run of this size; the note
     says what was scaled down and how to ask for the full evaluation (None when nothing was).
-    monitored_images: how many the per-epoch loss can use (the validation split's size when
-    validation, else the test split's)."""
+    monitored_split: (its size, its name), the images the per-epoch loss measures; None: the
+    test images."""
     settings = dict(EVALUATION_DEFAULTS)
     settings["iwae_images"] = min(settings["iwae_images"], max(
         MIN_IWAE_IMAGES, images_per_epoch * epochs // IMAGES_TRAINED_PER_IWAE_IMAGE))
-    monitored_images = test_images if monitored_images is None else monitored_images
+    monitored_images, split = monitored_split or (test_images, "test")
     monitor = min(monitored_images, max(MIN_MONITOR_IMAGES, images_per_epoch // 6))
     scaled = []
     if monitor < monitored_images:
-        split = "validation" if validation else "test"
         scaled.append(f"the per-epoch {split} loss (val_*) is measured on the first {monitor:,} "
                       f"of the {monitored_images:,} {split} images")
     if settings["iwae_images"] < min(EVALUATION_DEFAULTS["iwae_images"], test_images):

@@ -167,11 +167,11 @@ def main(argv):
     except stopping.TrainingDiverged as error:
         return stopping.report_divergence(error, out_dir)
 
-    # save, then evaluate on the test set and draw the figures, on one device, every test image
+    # save, then evaluate on the test set and draw the figures with the float32 copy that was
+    # saved, on one device, every test image
     try:
-        run_folder.save_trained_model(model, config, out_dir)
+        model = run_folder.save_trained_model(model, config, out_dir)
         stopping.send_test_signal_at("evaluation")
-        model = devices.on_one_device(model, lambda: run_folder.build_model(config))
         evaluate.evaluate_run(model, config, data, out_dir, evaluation_settings)
     except KeyboardInterrupt as interruption:
         return stopping.report_interrupted_evaluation(interruption, out_dir)
@@ -243,13 +243,14 @@ def fit_inputs(data, config, device_count, images_per_epoch, shuffle):
     training_input = devices.even_batches(
         data.training_input(batch_size, shuffle, conditional), device_count,
         data.num_train, batch_size)
+    split = "test" if data.x_val is None else "validation"
     evaluation_settings, monitored, note = evaluate.scaled_to_run(
-        data.num_train, config["epochs"], len(data.x_test), len(data.monitored_images()[0]),
-        validation=data.x_val is not None)
+        data.num_train, config["epochs"], len(data.x_test),
+        (len(data.monitored_images()[0]), split))
     if note:
         print(note.replace("OUT_DIR", config["out_dir"]))
     monitored = monitored_on_devices(device_count, data.num_train, images_per_epoch, monitored,
-                                     config, "test" if data.x_val is None else "validation")
+                                     config, split)
     monitored_input = devices.even_batches(
         data.monitored_input(monitored, batch_size, conditional), device_count, monitored,
         batch_size)

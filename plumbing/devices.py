@@ -15,10 +15,9 @@ What the engines need from the rest of the project, and why:
   a device an empty share when a batch has fewer images than devices, which its CPU
   convolutions reject. batch_size must be a multiple of the device count; the last, partial
   training batch of an epoch is cut to a multiple of it (even_batches), and the per-epoch test
-  loss is measured on a multiple of it (train.py). The final evaluation uses every test image:
-  on TensorFlow through a one-device copy of the model (on_one_device); on JAX outside the
-  engine's scope, where the jitted functions take the replicated weights with a batch of any
-  size.
+  loss is measured on a multiple of it (train.py). The final evaluation uses every test image,
+  through the float32 copy of the model that run_folder.save_trained_model builds outside the
+  engine.
 - the loss: on TensorFlow each replica computes its own share's mean, and Keras sums the
   replicas' gradients and multiplies the reported loss by their count; CVAE.compute_loss
   divides by replicas_in_sync() so that both are those of the global mean.
@@ -112,18 +111,6 @@ def _start_tensorflow(virtual_devices):
     return strategy.num_replicas_in_sync, strategy.scope
 
 
-def on_one_device(model, build):
-    """model itself when it is not replicated, else a copy of it built by build() outside any
-    engine, holding its current weights: for the evaluation, which then sees every image."""
-    from cvae import is_replicated
-
-    if not is_replicated(model):
-        return model
-    copy = build()
-    copy.set_weights(model.get_weights())
-    return copy
-
-
 def images_per_epoch(num_images, batch_size, devices):
     """How many images an epoch trains on once the last batch is cut to a multiple of devices:
     at most devices - 1 fewer, different ones every epoch, because the order is reshuffled."""
@@ -201,6 +188,18 @@ def agreed(decide, what, code=int):
     if error is not None:
         raise error
     return outcome
+
+
+def any_process(flag):
+    """Whether flag is true in any process of a JAX job (all of them must ask together); flag
+    itself in a process alone."""
+    index, count = _jax_processes()
+    if count == 1:
+        return flag
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
 
 
 def _jax_processes():

@@ -125,9 +125,12 @@ def build_model(config, seed=None):
 
 
 def save_trained_model(model, config, run_dir):
-    """Write the weights (no optimizer state) and the portable encoder and decoder, atomically."""
+    """Write the weights (no optimizer state) and the portable encoder and decoder, atomically;
+    returns the float32, one-device copy of the model that was saved, the model the evaluation
+    measures (so that metrics.json describes the files, as `evaluate.py` would)."""
     # A fresh, uncompiled float32 copy holds just the model's variables: half the size, loadable
-    # into a model built from config.json, and exported without a 16-bit policy baked in.
+    # into a model built from config.json, and exported without a 16-bit policy baked in. Built
+    # outside any data-parallel engine, it takes a batch of any size.
     policy = keras.mixed_precision.dtype_policy()
     keras.mixed_precision.set_dtype_policy("float32")
     try:
@@ -138,6 +141,7 @@ def save_trained_model(model, config, run_dir):
     write_atomically(os.path.join(run_dir, WEIGHTS_FILE), bare.save_weights)
     write_atomically(os.path.join(run_dir, ENCODER_FILE), bare.encoder.save)
     write_atomically(os.path.join(run_dir, DECODER_FILE), bare.decoder.save)
+    return bare
 
 
 def load_run(run_dir):

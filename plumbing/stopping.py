@@ -13,7 +13,7 @@ import sys
 import keras
 import numpy as np
 
-from plumbing import run_folder
+from plumbing import devices, run_folder
 
 
 class TrainingDiverged(Exception):
@@ -61,6 +61,11 @@ class PreemptionGuard(keras.callbacks.Callback):
     an exception raised by the handler itself surfaces wherever the main thread happens to be,
     and inside some library calls it is swallowed (JAX's copy of a loss to NumPy was measured
     to swallow it, and training went on). Outside fit() the handler raises at once.
+
+    In a JAX job of several processes, the signal reaches each host at its own time, or only
+    one of them; a process that stopped alone would leave the others waiting in the next
+    collective. So after each batch the processes share whether any of them has received it
+    (one all-gather of a flag, devices.any_process), and all stop at the same batch.
     """
 
     def __init__(self):
@@ -84,10 +89,12 @@ class PreemptionGuard(keras.callbacks.Callback):
         self.training = True
 
     def on_train_batch_end(self, batch, logs=None):
+        self.received = devices.any_process(self.received)
         self._stop_if_received()
 
     def on_train_end(self, logs=None):
         self.training = False
+        self.received = devices.any_process(self.received)
         self._stop_if_received()  # arrived after the last batch: stop before the evaluation
 
 

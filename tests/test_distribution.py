@@ -223,7 +223,8 @@ def test_tensorflow_across_hosts_is_refused(tmp_path, fake_mnist_path):
                                              "only (TensorFlow's is refused, see above)")
 def test_two_jax_processes_train_as_one_device_does(tmp_path):
     """Two processes joined as two hosts would be, with one out_dir between them, as a shared
-    file system gives it: stopped by SIGTERM in their second epoch and started again, they
+    file system gives it: stopped by a SIGTERM to one of them in their second epoch (both stop at
+    that batch) and started again, they
     resume from process 0's backup and train as one device does; process 0 writes one run's
     files, and process 1 writes nothing."""
     import h5py
@@ -237,7 +238,8 @@ def test_two_jax_processes_train_as_one_device_does(tmp_path):
                "--lr_schedule=constant", "--learning_rate=1e-4", "--tensorboard=True"]
     job = [*options, f"--out_dir={shared}", "--distribute=data_parallel"]
     with reserved_port() as port:
-        processes = start_jax_job(tmp_path / "stopped", port, job, shared, "SIGTERM@2.1")
+        # Preempted on one host only: the other must stop at the same batch, not wait for it.
+        processes = start_jax_job(tmp_path / "stopped", port, job, shared, (None, "SIGTERM@2.1"))
         result = run_script("train.py", *options, f"--out_dir={alone}")  # meanwhile
         stopped = finish_jax_job(processes, tmp_path / "stopped")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -311,9 +313,10 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def start_jax_job(logs, port, arguments, audited_folder, stop_at=None):
+def start_jax_job(logs, port, arguments, audited_folder, stop_at=(None, None)):
     """The two train.py processes of one JAX job, its coordinator at port, each audited for its
-    writes under audited_folder; stop_at: the signal each sends itself, and when (start_train).
+    writes under audited_folder; stop_at: the signal each process sends itself, and when
+    (start_train), or None.
     Their stdout and stderr go to files in logs, not to pipes, which would stall a process that
     fills one while the test waits for another."""
     logs.mkdir()
@@ -325,7 +328,7 @@ def start_jax_job(logs, port, arguments, audited_folder, stop_at=None):
                 [sys.executable, "-c", AUDITED_TRAIN.replace("ROOT", repr(ROOT)),
                  str(audited_folder), *arguments],
                 cwd=ROOT, stdout=out, stderr=err, text=True,
-                env={**os.environ, "CVAE_TEST_SIGNAL": stop_at or "",
+                env={**os.environ, "CVAE_TEST_SIGNAL": stop_at[index] or "",
                      "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"localhost:{port}",
                      "KERAS_DISTRIBUTION_NUM_PROCESSES": "2",
                      "KERAS_DISTRIBUTION_PROCESS_ID": str(index)}))

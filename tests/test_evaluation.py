@@ -130,3 +130,6 @@ def test_the_evaluation_is_scaled_to_the_run():
     # In between, the estimate grows with the images trained.
     settings, _, _ = scaled_to_run(20_000, 10, 10_000)
     assert settings["iwae_images"] == 400
+    # A validation split, when there is one, is what the per-epoch loss measures.
+    _, monitored, note = scaled_to_run(2_000, 1, 10_000, (5_000, "validation"))
+    assert monitored == 1_000 and "1,000 of the 5,000 validation images" in note
