@@ -167,8 +167,15 @@ def main(argv):
     except stopping.TrainingDiverged as error:
         return stopping.report_divergence(error, out_dir)
 
-    # save, then evaluate on the test set and draw the figures with the float32 copy that was
-    # saved, on one device, every test image
+    return save_and_evaluate(model, config, data, evaluation_settings, writes_the_run)
+
+
+def save_and_evaluate(model, config, data, evaluation_settings, writes_the_run):
+    """Save the trained model, then evaluate the float32 copy that was saved on every test
+    image, on one device, and draw the figures; returns the exit code."""
+    from plumbing import run_folder, stopping
+
+    out_dir = config["out_dir"]
     try:
         model = run_folder.save_trained_model(model, config, out_dir)
         stopping.send_test_signal_at("evaluation")
@@ -177,8 +184,9 @@ def main(argv):
         return stopping.report_interrupted_evaluation(interruption, out_dir)
     stopping.kill_on_sigterm()
     run_folder.finish_run(out_dir)
-    print(f"Saved the run in {out_dir}/: {run_folder.RECONSTRUCTIONS_FILE}, metrics.json, "
-          f"figures." if writes_the_run else f"Done; process 0 saved the run in {out_dir}/.")
+    saved = f"{run_folder.RECONSTRUCTIONS_FILE}, metrics.json, figures"
+    print(f"Saved the run in {out_dir}/: {saved}." if writes_the_run
+          else f"Done; process 0 writes the run in {out_dir}/.")
     return 0
 
 

@@ -193,7 +193,7 @@ def agreed(decide, what, code=int):
 def any_process(flag):
     """Whether flag is true in any process of a JAX job (all of them must ask together); flag
     itself in a process alone."""
-    index, count = _jax_processes()
+    _, count = _jax_processes()
     if count == 1:
         return flag
     import numpy as np

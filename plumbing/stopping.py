@@ -65,7 +65,9 @@ class PreemptionGuard(keras.callbacks.Callback):
     In a JAX job of several processes, the signal reaches each host at its own time, or only
     one of them; a process that stopped alone would leave the others waiting in the next
     collective. So after each batch the processes share whether any of them has received it
-    (one all-gather of a flag, devices.any_process), and all stop at the same batch.
+    (one all-gather of a flag, devices.any_process), and all stop at the same batch. Ctrl-C is
+    not shared: it must reach every process (as a scheduler's or a terminal's signal to the
+    whole job does).
     """
 
     def __init__(self):
@@ -89,12 +91,14 @@ class PreemptionGuard(keras.callbacks.Callback):
         self.training = True
 
     def on_train_batch_end(self, batch, logs=None):
-        self.received = devices.any_process(self.received)
+        # `or self.received` read afterwards: a signal handled during the all-gather counts.
+        self.received = devices.any_process(self.received) or self.received
         self._stop_if_received()
 
     def on_train_end(self, logs=None):
+        # Shared while the handler still only takes note, so that the processes stop together.
+        self.received = devices.any_process(self.received) or self.received
         self.training = False
-        self.received = devices.any_process(self.received)
         self._stop_if_received()  # arrived after the last batch: stop before the evaluation
 
 

@@ -244,6 +244,9 @@ def test_two_jax_processes_train_as_one_device_does(tmp_path):
         stopped = finish_jax_job(processes, tmp_path / "stopped")
     assert result.returncode == 0, result.stderr[-3000:]
     assert [process.returncode for process in stopped] == [143, 143], stopped[0].stderr[-3000:]
+    for process in stopped:  # process 0 too, unsignalled, in epoch 2 (process 0's history)
+        assert "Stopped by SIGTERM" in process.stderr
+        assert "1 of 2 epochs were" in process.stderr
     with reserved_port() as port:
         resumed = finish_jax_job(start_jax_job(tmp_path / "resumed", port, job, shared),
                                  tmp_path / "resumed")
@@ -254,7 +257,7 @@ def test_two_jax_processes_train_as_one_device_does(tmp_path):
     assert "Process 1 of 2: process 0 writes the run folder" in resumed[1].stdout
     assert f"Saved the run in {shared}/" in resumed[0].stdout
     assert "Saved the run" not in resumed[1].stdout
-    assert f"Done; process 0 saved the run in {shared}/" in resumed[1].stdout
+    assert f"Done; process 0 writes the run in {shared}/" in resumed[1].stdout
 
     assert stopped[1].writes == resumed[1].writes == set()  # nothing opened, renamed, deleted
     # Every file there was put in place by process 0, TensorBoard's too (TensorFlow writes them
