@@ -174,10 +174,7 @@ def agreed(decide, what, code=int):
     except Exception as caught:  # raised below, once the others know
         outcome, error, mine = None, caught, -1
     if count > 1:
-        import numpy as np
-        from jax.experimental import multihost_utils
-
-        codes = [int(c) for c in multihost_utils.process_allgather(np.int32(mine))]
+        codes = _from_every_process(mine)
         if error is None and len(set(codes)) > 1:
             raise RunError(
                 f"The {count} processes of this JAX job reached different outcomes at {what} "
@@ -194,12 +191,15 @@ def any_process(flag):
     """Whether flag is true in any process of a JAX job (all of them must ask together); flag
     itself in a process alone."""
     _, count = _jax_processes()
-    if count == 1:
-        return flag
+    return flag if count == 1 else any(_from_every_process(int(flag)))
+
+
+def _from_every_process(value):
+    """A small integer from every process of a JAX job, in process order (all must call)."""
     import numpy as np
     from jax.experimental import multihost_utils
 
-    return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
+    return [int(each) for each in multihost_utils.process_allgather(np.int32(value))]
 
 
 def _jax_processes():
