@@ -9,6 +9,7 @@ One job per file, the lower ones first (each imports only those above it in this
     batches.py       every pipeline that feeds fit(), streamed ones included
     run_folder.py    what a run folder holds; build, save and load a run's model
     devices.py       data-parallel training across devices
+    schedules.py     the warm-up/stable/decay learning rate Keras lacks
     optimizer.py     the optimizer and its learning-rate schedule
     precision.py     precision=auto: the floating-point policy the hardware runs natively
     stopping.py      how a run stops: NaN, Ctrl-C, SIGTERM, and what it says then

@@ -3,7 +3,9 @@
 RMSprop at the article's 1e-3, reached by a linear warm-up from zero and then decayed along a
 cosine. Without the warm-up its first, badly normalised steps make exp(z_log_var) overflow for
 some seeds; docs/warm-up.md derives why and shows the measurement. The cosine decay lets the last
-epochs settle instead of jumping by about 2 nats from epoch to epoch at a constant rate.
+epochs settle instead of jumping by about 2 nats from epoch to epoch at a constant rate. The
+warm-up/stable/decay schedule ("wsd", plumbing/schedules.py) holds the peak rate instead and
+decays only in the last fifth of the run.
 
 The update is compiled with XLA (FusedUpdate): Keras runs RMSprop as about ten element-wise
 kernels per variable, XLA fuses them into one loop per variable, which was 8-11% of a CPU training
@@ -15,10 +17,12 @@ step; docs/speed.md has the measurements. The arithmetic is the optimizer's own.
 
 # Keras optimizer classes by the names train.py accepts; rmsprop is the article's and our default.
 OPTIMIZERS = {"rmsprop": "RMSprop", "adam": "Adam", "sgd": "SGD"}
-LR_SCHEDULES = ("cosine", "constant")
+LR_SCHEDULES = ("cosine", "constant", "wsd")
 # The cosine decay ends at this fraction of the peak learning rate, not at zero, so the last
 # steps still learn.
 FINAL_LR_FRACTION = 0.01
+# The share of the steps the "wsd" schedule spends decaying, at its end.
+COOLDOWN_SHARE = 0.2
 # A short run (a small inspection set, say) would spend all its steps under the 500-step warm-up
 # and never reach its peak rate. Its warm-up is cut to a fifth of its steps, but never below
 # MIN_WARMUP_STEPS: RMSprop's running mean remembers about 10 steps, and 50 steps of warm-up
@@ -34,7 +38,8 @@ def fitted_warmup(warmup_steps, total_steps):
 
 
 def learning_rate_schedule(learning_rate, total_steps, warmup_steps=500, schedule="cosine"):
-    """Linear warm-up from 0 to learning_rate over warmup_steps, then cosine decay or constant."""
+    """Linear warm-up from 0 to learning_rate over warmup_steps, then cosine decay, constant, or
+    wsd (constant, then a 1 - sqrt cool-down over the last COOLDOWN_SHARE of the steps)."""
     import keras
 
     # Taken as given; train.py fits it to a short run first (fitted_warmup).
@@ -53,6 +58,11 @@ def learning_rate_schedule(learning_rate, total_steps, warmup_steps=500, schedul
         return keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=0.0, warmup_target=learning_rate, warmup_steps=warmup_steps,
             decay_steps=1, alpha=1.0)
+    if schedule == "wsd":
+        from plumbing.schedules import WarmupStableDecay
+
+        return WarmupStableDecay(learning_rate, total_steps, warmup_steps,
+                                 cooldown_share=COOLDOWN_SHARE, final_fraction=FINAL_LR_FRACTION)
     raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, not {schedule!r}.")
 
 

@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
-from plumbing.optimizer import FINAL_LR_FRACTION, OPTIMIZERS, learning_rate_schedule, make_optimizer
+from plumbing.optimizer import (
+    COOLDOWN_SHARE,
+    FINAL_LR_FRACTION,
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    learning_rate_schedule,
+    make_optimizer,
+)
 
 
 def rates(schedule, steps):
@@ -27,6 +34,28 @@ def test_warmup_then_constant():
     assert learning_rate_schedule(1e-3, 1000, warmup_steps=0, schedule="constant") == 1e-3
 
 
+def test_warmup_stable_then_a_square_root_cooldown():
+    schedule = learning_rate_schedule(1e-3, total_steps=1000, warmup_steps=100, schedule="wsd")
+    np.testing.assert_allclose(rates(schedule, [0, 50, 100]), [0.0, 5e-4, 1e-3],
+                               rtol=1e-5, atol=1e-12)
+    cooldown_start = round(1000 * (1 - COOLDOWN_SHARE))
+    # The peak is held from the end of the warm-up to the start of the cool-down.
+    np.testing.assert_allclose(rates(schedule, range(100, cooldown_start + 1, 50)), 1e-3,
+                               rtol=1e-6)
+    cooldown = rates(schedule, range(cooldown_start, 1001, 20))
+    assert np.all(np.diff(cooldown) < 0)
+    # Halfway through the cool-down: 1 - sqrt(1/2) of the peak, not the half a line would give.
+    assert float(schedule((cooldown_start + 1000) // 2)) == pytest.approx(
+        (1 - np.sqrt(0.5)) * 1e-3, rel=1e-4)
+    np.testing.assert_allclose(rates(schedule, [1000, 1500]), FINAL_LR_FRACTION * 1e-3,
+                               rtol=1e-5)
+
+
+def test_a_wsd_run_shorter_than_its_warmup_keeps_its_slow_start_as_cosine_does():
+    schedule = learning_rate_schedule(1e-3, total_steps=10, warmup_steps=500, schedule="wsd")
+    np.testing.assert_allclose(rates(schedule, [5, 9, 10]), [1e-5, 1.8e-5, 2e-5], rtol=1e-4)
+
+
 def test_unknown_names_are_refused():
     with pytest.raises(ValueError, match="lr_schedule"):
         learning_rate_schedule(1e-3, 100, schedule="linear")
@@ -42,8 +71,10 @@ def test_a_run_shorter_than_the_warmup_keeps_its_slow_start():
     np.testing.assert_allclose(rates(schedule, [5, 10]), [1e-5, 2e-5], rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
-def test_the_fused_update_computes_what_keras_computes(name):
+@pytest.mark.parametrize(
+    "name, schedule", [(name, "cosine") for name in sorted(OPTIMIZERS)]
+    + [("rmsprop", schedule) for schedule in LR_SCHEDULES if schedule != "cosine"])
+def test_the_fused_update_computes_what_keras_computes(name, schedule):
     import keras
 
     rng = np.random.default_rng(0)
@@ -52,7 +83,9 @@ def test_the_fused_update_computes_what_keras_computes(name):
     results = {}
     for fused in (False, True):
         weights = [keras.Variable(w) for w in start]
-        optimizer = make_optimizer(name, 1e-2, total_steps=10, warmup_steps=2, fused=fused)
+        # Four steps: two of warm-up, then the peak, then (for wsd) the cool-down.
+        optimizer = make_optimizer(name, 1e-2, total_steps=4, warmup_steps=2, fused=fused,
+                                   schedule=schedule)
         for step_gradients in gradients:
             optimizer.apply_gradients(zip([keras.ops.convert_to_tensor(g)
                                            for g in step_gradients], weights))
