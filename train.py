@@ -47,7 +47,7 @@ precision = "float32"  # float32 | mixed_bfloat16 (CPUs with bf16) | mixed_float
 optimizer = "rmsprop"  # rmsprop (the article's) | adam | sgd
 learning_rate = 1e-3  # peak learning rate, reached after the warm-up
 warmup_steps = 500  # linear warm-up from 0; keeps RMSprop from diverging (see docs/warm-up.md)
-lr_schedule = "cosine"  # cosine: decay to 1% of the peak by the last step | constant | wsd
+lr_schedule = "wsd"  # wsd: the peak held, decayed over the last fifth | cosine | constant
 ema_momentum = None  # e.g. 0.999: evaluate and save a moving average of the weights; None = off
 weight_decay = 0.5  # decoupled, of the two wide Dense kernels only (docs/results.md: chosen on
 #                    validation images); 0 = the article's plain RMSprop
