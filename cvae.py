@@ -286,7 +286,7 @@ class CVAE(keras.Model):
     predict_step override here would not: its signature differs on JAX).
     """
 
-    def __init__(self, encoder, decoder, seed=None, binarize=None, **kwargs):
+    def __init__(self, encoder, decoder, seed=None, binarize=None, kl_warmup_steps=0, **kwargs):
         # autocast=False: the images stay float32 here under a mixed-precision policy, so the
         # loss measures the reconstruction against the pixels themselves, and binarizing
         # compares float32 pixels with float32 noise (the encoder casts its own input).
@@ -305,6 +305,18 @@ class CVAE(keras.Model):
             self.binarization_noise = keras.random.SeedGenerator(
                 None if seed is None else int(np.random.SeedSequence([seed, 3]).generate_state(
                     1)[0] % 2**31))
+        # KL warm-up (Bowman et al. 2016, "Generating Sentences from a Continuous Space"; Sonderby
+        # et al. 2016, "Ladder Variational Autoencoders"): the KL term's gradient is weighted by
+        # beta, rising linearly from 0 to 1 over the first kl_warmup_steps training steps, so the
+        # encoder can spread the classes apart before the prior pulls them in. Its steps are
+        # counted here rather than read from the optimizer, whose iteration count is not part of
+        # the loss's state on JAX (it would be traced as a constant). A run without the warm-up
+        # has no counter, so its weight files are as before.
+        self.kl_warmup_steps = kl_warmup_steps
+        if kl_warmup_steps:
+            self.kl_warmup_step = self.add_weight(
+                shape=(), initializer="zeros", dtype="float32", trainable=False,
+                aggregation="only_first_replica", name="kl_warmup_step")
         self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction_loss")
         self.kl_tracker = keras.metrics.Mean(name="kl_loss")
 
@@ -356,17 +368,29 @@ class CVAE(keras.Model):
         # Under tf.distribute, Keras sums the replicas' gradients and reports the loss times the
         # replica count, expecting each replica's share of the global mean (its built-in losses
         # divide likewise); the trackers above need no such care, as they sum across replicas.
-        return (ops.mean(reconstruction) + ops.mean(kl)) / replicas_in_sync()
+        return (ops.mean(reconstruction) + self._warmed_up(ops.mean(kl), training)
+                ) / replicas_in_sync()
+
+    def _warmed_up(self, kl, training):
+        """The KL term with its gradient weighted by the warm-up's beta (see __init__) in
+        training; its value stays the KL itself, so the loss that Keras reports, the history and
+        the divergence check all see the negative ELBO, whatever beta is."""
+        if not (training and self.kl_warmup_steps):
+            return kl
+        self.kl_warmup_step.assign_add(1.0)
+        beta = ops.minimum(ops.convert_to_tensor(self.kl_warmup_step) / self.kl_warmup_steps,
+                           1.0)
+        return beta * kl + ops.stop_gradient((1.0 - beta) * kl)
 
 
 def build_cvae(latent_dim, image_shape, architecture="article", seed=None, num_classes=None,
-               binarize=None):
+               binarize=None, kl_warmup_steps=0):
     """The CVAE; its encoder and decoder are usable alone as .encoder and .decoder. With
     num_classes, the conditional model (see build_encoder); binarize: None, "static" or
-    "dynamic" (see CVAE)."""
+    "dynamic"; kl_warmup_steps: 0, or the steps of the KL warm-up (both: see CVAE)."""
     model = CVAE(build_encoder(latent_dim, image_shape, architecture, num_classes),
                  build_decoder(latent_dim, image_shape, architecture, num_classes), seed=seed,
-                 binarize=binarize, name="cvae")
+                 binarize=binarize, kl_warmup_steps=kl_warmup_steps, name="cvae")
     model.build((None,) + tuple(image_shape))
     return model
 

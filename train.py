@@ -51,6 +51,7 @@ lr_schedule = "wsd"  # wsd: the peak held, decayed over the last fifth | cosine 
 ema_momentum = None  # e.g. 0.999: evaluate and save a moving average of the weights; None = off
 weight_decay = 0.5  # decoupled, of the two wide Dense kernels only (docs/results.md: chosen on
 #                    validation images); 0 = the article's plain RMSprop
+kl_warmup_steps = 0  # N: the KL term's gradient weighted 0 to 1 over the first N steps; 0 = off
 epochs = 10  # passes over the training images
 batch_size = 64  # images per step
 seed = 0  # seeds weights, shuffling, the test split, sampling and the images in the figures
@@ -66,7 +67,7 @@ HYPERPARAMETERS = {name: value for name, value in globals().items()
                    if name not in _names_before_hyperparameters
                    and name != "_names_before_hyperparameters"}
 # What a run made before a hyperparameter existed did, where that is not None (resuming it).
-BEFORE_IT_EXISTED = {"weight_decay": 0.0}
+BEFORE_IT_EXISTED = {"weight_decay": 0.0, "kl_warmup_steps": 0}
 # The type a value must have where the default is None.
 TYPES_OF_NONE_DEFAULTS = {"data_path": str, "image_size": int, "channels": int, "stream": bool,
                           "train_subset": int, "validation_images": int, "holdout_class": str,
@@ -86,6 +87,7 @@ RULES = (
     ("latent_dim", lambda value: value > 0, "at least 1"),
     ("learning_rate", lambda value: value > 0, "positive"),
     ("warmup_steps", lambda value: value >= 0, "0 or more"),
+    ("kl_warmup_steps", lambda value: value >= 0, "0 (off) or more"),
     ("train_subset", lambda value: value is None or value > 0, "None or at least 1"),
     ("validation_images", lambda value: value is None or value > 0, "None or at least 1"),
     ("ema_momentum", lambda value: value is None or 0 < value < 1,
@@ -220,7 +222,8 @@ def build_and_compile(config, data, device_count, distributed):
         model = run_folder.build_model(config, seed=config["seed"])
         model.encoder.summary()
         model.decoder.summary()
-        print(f"CVAE ({config['architecture']}): {model.count_params():,} parameters, "
+        print(f"CVAE ({config['architecture']}): "
+              f"{model.encoder.count_params() + model.decoder.count_params():,} parameters, "
               f"{training_gflops_per_image(model):.3f} GFLOP per training image.")
         images_per_epoch = devices.images_per_epoch(data.num_train, config["batch_size"],
                                                     device_count)
@@ -231,6 +234,12 @@ def build_and_compile(config, data, device_count, distributed):
                   f"{config['warmup_steps']} to {warmup_steps} (a fifth of the run, at least "
                   f"{MIN_WARMUP_STEPS})" + ("." if warmup_steps < total_steps else
                                             ", still the whole run: it never reaches its peak."))
+        # Likewise the KL warm-up: a short run spends at least its second half on the ELBO's own
+        # gradient.
+        model.kl_warmup_steps = min(config["kl_warmup_steps"], total_steps // 2)
+        if model.kl_warmup_steps < config["kl_warmup_steps"]:
+            print(f"A short run of {total_steps} steps: the KL warm-up is cut from "
+                  f"kl_warmup_steps={config['kl_warmup_steps']} to {model.kl_warmup_steps}.")
         # The XLA-compiled update cannot run inside tf.distribute's replicas (it would have to
         # sum their gradients inside a nested compiled function, which TensorFlow refuses).
         model.compile(optimizer=make_optimizer(

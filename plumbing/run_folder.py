@@ -121,7 +121,8 @@ def build_model(config, seed=None):
         num_classes = len(config["data"]["class_names"])
     return build_cvae(int(config["latent_dim"]), image_shape_of(config),
                       config.get("architecture", "article"), seed=seed, num_classes=num_classes,
-                      binarize=config.get("binarize"))
+                      binarize=config.get("binarize"),
+                      kl_warmup_steps=config.get("kl_warmup_steps", 0))
 
 
 def save_trained_model(model, config, run_dir):

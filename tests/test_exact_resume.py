@@ -44,9 +44,10 @@ def test_a_run_killed_after_each_epoch_and_resumed_is_the_uninterrupted_run(tmp_
     data_path = tmp_path / "mnist.npz"
     np.savez(data_path, **fake_mnist_arrays(n_train=256, n_test=64))
     # The optimizer's whole state takes part: RMSprop's averages, the weights' moving average,
-    # the weight decay and the schedule's step count.
+    # the weight decay and the schedule's step count; and the KL warm-up's step count, its 12
+    # steps running into epoch 2.
     common = [f"--data_path={data_path}", "--epochs=3", "--batch_size=32", "--warmup_steps=5",
-              "--ema_momentum=0.9", "--weight_decay=0.5", *distribution]
+              "--ema_momentum=0.9", "--weight_decay=0.5", "--kl_warmup_steps=12", *distribution]
     uninterrupted = tmp_path / "uninterrupted"
     result = run_script("train.py", *common, f"--out_dir={uninterrupted}")
     assert result.returncode == 0, result.stderr[-3000:]

@@ -192,6 +192,52 @@ def test_this_machines_cpu_flags_are_read():
     assert flags is None or "fpu" in flags  # every x86 CPU lists it; None off Linux
 
 
+def one_sgd_step(model, x):
+    """The weights after one plain gradient step (SGD, rate 1) of fit on the batch x."""
+    model.compile(optimizer=keras.optimizers.SGD(1.0))
+    history = model.fit(x, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+    return np.concatenate([keras.ops.convert_to_numpy(v).ravel()
+                           for v in model.trainable_variables]), history.history
+
+
+@pytest.mark.backend
+def test_the_kl_warm_up_weights_the_kl_gradient_by_step_over_its_length():
+    x = np.random.default_rng(0).random((16, *SHAPE)).astype("float32")
+    start = small_model(kl_warmup_steps=1).get_weights()
+    steps, logs = {}, {}
+    # The first step has beta = 1 / kl_warmup_steps; the same weights and noise in each model.
+    for beta, length in ((1.0, 1), (0.5, 2), (0.25, 4)):
+        model = small_model(kl_warmup_steps=length)
+        model.set_weights(start)
+        steps[beta], logs[beta] = one_sgd_step(model, x)
+        assert keras.ops.convert_to_numpy(model.kl_warmup_step) == 1
+    # The update is -(grad reconstruction + beta * grad KL): affine in beta, and beta matters.
+    np.testing.assert_allclose(steps[1.0] - steps[0.5], 2 * (steps[0.5] - steps[0.25]),
+                               rtol=1e-3, atol=1e-5)
+    assert np.abs(steps[1.0] - steps[0.5]).max() > 1e-3
+    # What is reported is the negative ELBO itself, whatever beta is.
+    for beta in (0.5, 0.25):
+        for name in ("loss", "reconstruction_loss", "kl_loss"):
+            np.testing.assert_allclose(logs[beta][name], logs[1.0][name], rtol=1e-6)
+    np.testing.assert_allclose(logs[0.5]["loss"][0], logs[0.5]["reconstruction_loss"][0]
+                               + logs[0.5]["kl_loss"][0], rtol=1e-5)
+
+
+@pytest.mark.backend
+def test_the_kl_warm_up_counts_every_step_and_ends_on_the_elbo():
+    model = small_model(kl_warmup_steps=3)
+    model.compile(optimizer=keras.optimizers.SGD(1e-3))
+    x = np.random.default_rng(1).random((40, *SHAPE)).astype("float32")
+    model.fit(x, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    # Counted in the training state on every backend (on JAX, not frozen at its traced value).
+    assert keras.ops.convert_to_numpy(model.kl_warmup_step) == 10
+    # Past the warm-up the loss is the plain negative ELBO, gradient and all.
+    kl = keras.ops.convert_to_tensor(np.float32(7.0))
+    assert keras.ops.convert_to_numpy(model._warmed_up(kl, training=True)) == 7.0
+    assert model.count_params() == small_model().count_params() + 1
+    assert len(small_model().weights) + 1 == len(model.weights)
+
+
 def test_a_run_from_before_these_options_still_resumes(tmp_path):
     import train
     from plumbing import run_folder
