@@ -222,6 +222,8 @@ def build_and_compile(config, data, device_count, distributed):
         model = run_folder.build_model(config, seed=config["seed"])
         model.encoder.summary()
         model.decoder.summary()
+        # The encoder's and decoder's weights: the model's own count_params() would also count
+        # a KL warm-up's step counter.
         print(f"CVAE ({config['architecture']}): "
               f"{model.encoder.count_params() + model.decoder.count_params():,} parameters, "
               f"{training_gflops_per_image(model):.3f} GFLOP per training image.")
