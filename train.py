@@ -47,7 +47,8 @@ precision = "float32"  # float32 | mixed_bfloat16 (CPUs with bf16) | mixed_float
 optimizer = "rmsprop"  # rmsprop (the article's) | adam | sgd
 learning_rate = 1e-3  # peak learning rate, reached after the warm-up
 warmup_steps = 500  # linear warm-up from 0; keeps RMSprop from diverging (see docs/warm-up.md)
-lr_schedule = "wsd"  # wsd: the peak held, decayed over the last fifth | cosine | constant
+lr_schedule = "wsd"  # wsd: the peak held, then decayed | cosine: decayed from the peak | constant
+cooldown_share = 0.4  # wsd: the share of the steps spent decaying, at the end (docs/results.md)
 ema_momentum = None  # e.g. 0.999: evaluate and save a moving average of the weights; None = off
 weight_decay = 0.5  # decoupled, of the two wide Dense kernels only (docs/results.md: chosen on
 #                    validation images); 0 = the article's plain RMSprop
@@ -67,7 +68,7 @@ HYPERPARAMETERS = {name: value for name, value in globals().items()
                    if name not in _names_before_hyperparameters
                    and name != "_names_before_hyperparameters"}
 # What a run made before a hyperparameter existed did, where that is not None (resuming it).
-BEFORE_IT_EXISTED = {"weight_decay": 0.0, "kl_warmup_steps": 0}
+BEFORE_IT_EXISTED = {"weight_decay": 0.0, "kl_warmup_steps": 0, "cooldown_share": 0.2}
 # The type a value must have where the default is None.
 TYPES_OF_NONE_DEFAULTS = {"data_path": str, "image_size": int, "channels": int, "stream": bool,
                           "train_subset": int, "validation_images": int, "holdout_class": str,
@@ -98,6 +99,7 @@ RULES = (
     ("optimizer", lambda value: value in OPTIMIZERS,
      f"one of {', '.join(sorted(OPTIMIZERS))}"),
     ("lr_schedule", lambda value: value in LR_SCHEDULES, f"one of {', '.join(LR_SCHEDULES)}"),
+    ("cooldown_share", lambda value: 0 < value <= 1, "above 0 and at most 1, such as 0.4"),
     ("distribute", lambda value: value in DISTRIBUTIONS, "None (one device) or data_parallel"),
     ("virtual_devices", lambda value: value is None or value >= 1, "None or at least 1"),
 )
@@ -247,8 +249,9 @@ def build_and_compile(config, data, device_count, distributed):
         model.compile(optimizer=make_optimizer(
             config["optimizer"], config["learning_rate"], total_steps=total_steps,
             warmup_steps=warmup_steps, schedule=config["lr_schedule"],
-            fused=config["distribute"] is None, ema_momentum=config["ema_momentum"],
-            weight_decay=config["weight_decay"], decayed=wide_dense_kernels(model),
+            cooldown_share=config["cooldown_share"], fused=config["distribute"] is None,
+            ema_momentum=config["ema_momentum"], weight_decay=config["weight_decay"],
+            decayed=wide_dense_kernels(model),
             variables=model.trainable_variables))
     return model, images_per_epoch
 

@@ -1,7 +1,7 @@
 """The optimizer and its learning-rate schedule.
 
 RMSprop at the article's 1e-3, reached by a linear warm-up from zero, held there, and decayed
-over the last fifth of the run ("wsd", plumbing/schedules.py). Without the warm-up its first,
+over the last 40% of the run ("wsd", plumbing/schedules.py). Without the warm-up its first,
 badly normalised steps make exp(z_log_var) overflow for some seeds; docs/warm-up.md derives why
 and shows the measurement. Without a decay the last epochs jump by about 2 nats from epoch to
 epoch. A cosine decay over the whole run also settles them, but spends most of the run below the
@@ -21,8 +21,6 @@ LR_SCHEDULES = ("wsd", "cosine", "constant")
 # Either decay ends at this fraction of the peak learning rate, not at zero, so the last steps
 # still learn.
 FINAL_LR_FRACTION = 0.01
-# The share of the steps the "wsd" schedule spends decaying, at its end.
-COOLDOWN_SHARE = 0.2
 # A short run (a small inspection set, say) would spend all its steps under the 500-step warm-up
 # and never reach its peak rate. Its warm-up is cut to a fifth of its steps, but never below
 # MIN_WARMUP_STEPS: RMSprop's running mean remembers about 10 steps, and 50 steps of warm-up
@@ -37,9 +35,10 @@ def fitted_warmup(warmup_steps, total_steps):
     return min(warmup_steps, max(MIN_WARMUP_STEPS, total_steps // WARMUP_SHARE))
 
 
-def learning_rate_schedule(learning_rate, total_steps, warmup_steps=500, schedule="wsd"):
+def learning_rate_schedule(learning_rate, total_steps, warmup_steps=500, schedule="wsd",
+                           cooldown_share=0.4):
     """Linear warm-up from 0 to learning_rate over warmup_steps, then cosine decay, constant, or
-    wsd (constant, then a 1 - sqrt cool-down over the last COOLDOWN_SHARE of the steps)."""
+    wsd (constant, then a 1 - sqrt cool-down over the last cooldown_share of the steps)."""
     import keras
 
     # Taken as given; train.py fits it to a short run first (fitted_warmup).
@@ -62,7 +61,7 @@ def learning_rate_schedule(learning_rate, total_steps, warmup_steps=500, schedul
         from plumbing.schedules import WarmupStableDecay
 
         return WarmupStableDecay(learning_rate, total_steps, warmup_steps,
-                                 cooldown_share=COOLDOWN_SHARE, final_fraction=FINAL_LR_FRACTION)
+                                 cooldown_share=cooldown_share, final_fraction=FINAL_LR_FRACTION)
     raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, not {schedule!r}.")
 
 
@@ -92,7 +91,8 @@ class FusedUpdate:
 
 
 def make_optimizer(name, learning_rate, total_steps, warmup_steps=500, schedule="wsd",
-                   fused=True, ema_momentum=None, weight_decay=0.0, decayed=None, variables=None):
+                   cooldown_share=0.4, fused=True, ema_momentum=None, weight_decay=0.0,
+                   decayed=None, variables=None):
     """The named Keras optimizer, with its default settings but for the learning rate.
 
     fused=True (train.py's setting) compiles its update with XLA on the TensorFlow backend; the
@@ -111,7 +111,7 @@ def make_optimizer(name, learning_rate, total_steps, warmup_steps=500, schedule=
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, not {name!r}.")
     settings = {"learning_rate": learning_rate_schedule(learning_rate, total_steps, warmup_steps,
-                                                        schedule)}
+                                                        schedule, cooldown_share)}
     if ema_momentum is not None:
         settings.update(use_ema=True, ema_momentum=ema_momentum)
     if weight_decay:

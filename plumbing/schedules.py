@@ -14,8 +14,8 @@ class WarmupStableDecay(keras.optimizers.schedules.LearningRateSchedule):
     "Scaling Laws and Compute-Optimal Training Beyond Fixed Training Durations", found it the best
     of the cool-down shapes they tried), floored at final_fraction of the peak."""
 
-    def __init__(self, learning_rate, total_steps, warmup_steps, cooldown_share=0.2,
-                 final_fraction=0.01):
+    def __init__(self, learning_rate, total_steps, warmup_steps, cooldown_share,
+                 final_fraction):
         self.learning_rate = learning_rate
         self.total_steps = total_steps
         self.warmup_steps = warmup_steps

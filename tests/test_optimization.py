@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 
 from plumbing.optimizer import (
-    COOLDOWN_SHARE,
     FINAL_LR_FRACTION,
     LR_SCHEDULES,
     OPTIMIZERS,
@@ -35,11 +34,14 @@ def test_warmup_then_constant():
 
 
 @pytest.mark.backend  # written in keras.ops, so it must compute the same on every backend
-def test_warmup_stable_then_a_square_root_cooldown():
-    schedule = learning_rate_schedule(1e-3, total_steps=1000, warmup_steps=100, schedule="wsd")
+@pytest.mark.parametrize("cooldown_share", [0.2, 0.4, 1.0])
+def test_warmup_stable_then_a_square_root_cooldown(cooldown_share):
+    schedule = learning_rate_schedule(1e-3, total_steps=1000, warmup_steps=100, schedule="wsd",
+                                      cooldown_share=cooldown_share)
     np.testing.assert_allclose(rates(schedule, [0, 50, 100]), [0.0, 5e-4, 1e-3],
                                rtol=1e-5, atol=1e-12)
-    cooldown_start = round(1000 * (1 - COOLDOWN_SHARE))
+    # A cool-down longer than the run after the warm-up starts when the warm-up ends.
+    cooldown_start = max(100, round(1000 * (1 - cooldown_share)))
     # The peak is held from the end of the warm-up to the start of the cool-down.
     np.testing.assert_allclose(rates(schedule, range(100, cooldown_start + 1, 50)), 1e-3,
                                rtol=1e-6)

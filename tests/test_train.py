@@ -96,6 +96,7 @@ def test_one_epoch_on_a_small_file_writes_the_whole_run(finished_run):
     (["--weight_decay=-1"], "weight_decay must be 0 or more"),
     (["--learning_rate=1", "--weight_decay=2"], "their product must be below 1"),
     (["--ema_momentum=1"], "ema_momentum must be None (no averaging) or between 0 and 1"),
+    (["--cooldown_share=0"], "cooldown_share must be above 0 and at most 1"),
     (["--validation_images=0"], "validation_images must be None or at least 1"),
 ])
 def test_bad_input_is_refused_in_one_message(tmp_path, arguments, message):
@@ -205,8 +206,9 @@ def test_holdout_class_is_left_out_and_scored(tmp_path, fake_mnist_path):
 @pytest.mark.slow
 def test_mnist_trains_and_scores_as_recorded(tmp_path, real_mnist_path):
     # A change that moves these numbers changes what a seed trains; say why in its commit.
-    # Recorded when lr_schedule=wsd became the default (392.7487 and 232.78 with the cosine
-    # decay; before that, the batch order keyed on (seed, epoch) without weight decay gave
+    # Recorded when the cool-down grew from the last fifth to cooldown_share=0.4 of the steps
+    # (392.2830 and 225.95 with the last fifth, 392.7487 and 232.78 with the cosine decay; before
+    # that, the batch order keyed on (seed, epoch) without weight decay gave
     # 392.7520 and 232.79; tf.data's own shuffle had given 398.7208 and 235.44, Keras's
     # conversion of the arrays 391.1282 and 228.88), same command: 10 steps on the first 640
     # real MNIST training digits, then the whole evaluation.
@@ -215,9 +217,9 @@ def test_mnist_trains_and_scores_as_recorded(tmp_path, real_mnist_path):
     assert result.returncode == 0, result.stderr[-3000:]
     with open(tmp_path / "run" / "history.csv") as f:
         row = {key: float(value) for key, value in next(csv.DictReader(f)).items()}
-    assert row["loss"] == pytest.approx(392.2830, rel=1e-3)
+    assert row["loss"] == pytest.approx(393.2800, rel=1e-3)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["test_negative_elbo"] == pytest.approx(225.95, rel=2e-3)
+    assert metrics["test_negative_elbo"] == pytest.approx(233.93, rel=2e-3)
 
 
 @pytest.mark.slow

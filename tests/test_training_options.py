@@ -238,6 +238,25 @@ def test_the_kl_warm_up_counts_every_step_and_ends_on_the_elbo():
     assert len(small_model().weights) + 1 == len(model.weights)
 
 
+def test_cooldown_share_sets_where_the_compiled_schedule_starts_its_decay(fake_mnist_path):
+    import contextlib
+
+    import keras
+
+    import train
+    from data import load_dataset_of_run
+
+    config = train.read_config([f"--data_path={fake_mnist_path}", "--epochs=10",
+                                "--batch_size=12", "--warmup_steps=5", "--cooldown_share=0.7"])
+    data = load_dataset_of_run(config)
+    model, _ = train.build_and_compile(config, data, 1, distributed=contextlib.nullcontext)
+    schedule = model.optimizer._learning_rate  # the schedule itself; learning_rate is its value
+    # 120 images in batches of 12: 100 steps, the peak held from step 5 to step 30.
+    rates = [float(keras.ops.convert_to_numpy(schedule(step))) for step in (20, 30, 31, 65)]
+    assert rates[:2] == pytest.approx([1e-3, 1e-3])
+    assert rates[2] < 1e-3 and rates[3] == pytest.approx((1 - np.sqrt(0.5)) * 1e-3, rel=1e-4)
+
+
 def test_a_run_from_before_these_options_still_resumes(tmp_path):
     import train
     from plumbing import run_folder
@@ -245,21 +264,24 @@ def test_a_run_from_before_these_options_still_resumes(tmp_path):
     from plumbing.errors import ConfigError
 
     def older_run(folder):
-        """A folder holding the config.json of a run made before the four options existed."""
+        """A folder holding the config.json of a run made before these options existed."""
         config = train.read_config([f"--out_dir={folder}"])
         folder.mkdir()
         write_json(str(folder / run_folder.CONFIG_FILE), {
             key: value for key, value in config.items() if key not in (
-                "validation_images", "binarize", "ema_momentum", "weight_decay")})
+                "validation_images", "binarize", "ema_momentum", "weight_decay",
+                "kl_warmup_steps", "cooldown_share")})
         return str(folder)
 
-    # It trained without weight decay: resumed with weight_decay=0, refused with the new default.
+    # It trained without weight decay and cooled down over the last fifth: resumed with those
+    # values, refused with the new defaults, which would change it halfway.
     same = older_run(tmp_path / "same")
-    config = train.read_config([f"--out_dir={same}", "--weight_decay=0"])
+    config = train.read_config([f"--out_dir={same}", "--weight_decay=0", "--cooldown_share=0.2"])
     assert run_folder.prepare_out_dir(same, config, train.BEFORE_IT_EXISTED) is True
     other = older_run(tmp_path / "other")
     default = train.read_config([f"--out_dir={other}"])
-    with pytest.raises(ConfigError, match="weight_decay: 0.0 there, 0.5 now.*Pass the values"):
+    with pytest.raises(ConfigError, match="cooldown_share: 0.2 there, 0.4 now; weight_decay: "
+                                          "0.0 there, 0.5 now.*Pass the values"):
         run_folder.prepare_out_dir(other, default, train.BEFORE_IT_EXISTED)
 
 
