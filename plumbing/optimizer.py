@@ -1,9 +1,9 @@
 """The optimizer and its learning-rate schedule.
 
 RMSprop at the article's 1e-3, reached by a linear warm-up from zero, held there, and decayed
-over the last 40% of the run ("wsd", plumbing/schedules.py). Without the warm-up its first,
-badly normalised steps make exp(z_log_var) overflow for some seeds; docs/warm-up.md derives why
-and shows the measurement. Without a decay the last epochs jump by about 2 nats from epoch to
+over the last 40% of the run by default ("wsd", plumbing/schedules.py). Without the warm-up its
+first, badly normalised steps make exp(z_log_var) overflow for some seeds; docs/warm-up.md derives
+why and shows the measurement. Without a decay the last epochs jump by about 2 nats from epoch to
 epoch. A cosine decay over the whole run also settles them, but spends most of the run below the
 peak; holding the peak fits better in 10 epochs (docs/results.md, chosen on validation images).
 

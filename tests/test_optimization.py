@@ -40,7 +40,7 @@ def test_warmup_stable_then_a_square_root_cooldown(cooldown_share):
                                       cooldown_share=cooldown_share)
     np.testing.assert_allclose(rates(schedule, [0, 50, 100]), [0.0, 5e-4, 1e-3],
                                rtol=1e-5, atol=1e-12)
-    # A cool-down longer than the run after the warm-up starts when the warm-up ends.
+    # A cool-down asked to start before the warm-up ends starts when it ends.
     cooldown_start = max(100, round(1000 * (1 - cooldown_share)))
     # The peak is held from the end of the warm-up to the start of the cool-down.
     np.testing.assert_allclose(rates(schedule, range(100, cooldown_start + 1, 50)), 1e-3,

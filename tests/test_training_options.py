@@ -241,8 +241,6 @@ def test_the_kl_warm_up_counts_every_step_and_ends_on_the_elbo():
 def test_cooldown_share_sets_where_the_compiled_schedule_starts_its_decay(fake_mnist_path):
     import contextlib
 
-    import keras
-
     import train
     from data import load_dataset_of_run
 
