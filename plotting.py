@@ -274,7 +274,11 @@ def plot_learning_curves(history, path, held_out="test"):
 def plot_score_histogram(scores, is_held_out, path, holdout_name=None):
     """Histogram of per-image scores; the held-out class, if any, drawn apart as a density."""
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
-    bins = np.linspace(np.percentile(scores, 0.1), np.percentile(scores, 99.9), 60)
+    # The axes leave out the extreme 0.1% at each end, so one odd image cannot squash the rest;
+    # the title counts them, since anomalies.png shows exactly those images.
+    low, high = np.percentile(scores, [0.1, 99.9])
+    bins = np.linspace(low, high, 60)
+    beyond = int(np.sum((scores < low) | (scores > high)))
     # Two densities only when there is a held-out class, named, with images in this set.
     split = is_held_out is not None and holdout_name is not None and np.any(is_held_out)
     if not split:
@@ -288,7 +292,10 @@ def plot_score_histogram(scores, is_held_out, path, holdout_name=None):
         ax.legend()
     ax.set_xlabel("negative ELBO (nats), higher = more anomalous")
     ax.set_ylabel("density" if split else "test images")
-    ax.set_title("Anomaly scores of the test set", fontsize=10)
+    title = "Anomaly scores of the test set"
+    if beyond:
+        title += f" ({beyond} of {len(scores)} beyond the axes, up to {np.max(scores):.0f})"
+    ax.set_title(title, fontsize=10)
     return _save(fig, path)
 
 

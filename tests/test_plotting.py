@@ -151,6 +151,9 @@ def test_score_figures_speak_of_classes(tmp_path, figures):
                  plotting.plot_learning_curves(history, out("curves.png"))):
         read_png(path)
     assert figures[0].axes[0].get_legend() is None
+    # 300 scores: the top and bottom 0.1% are one image each, left off the axes and counted.
+    assert figures[0].axes[0].get_title() == (
+        f"Anomaly scores of the test set (2 of 300 beyond the axes, up to {scores.max():.0f})")
     legend = [t.get_text() for t in figures[1].axes[0].get_legend().get_texts()]
     assert legend == ["classes seen in training", "Ankle boot (held out)"]
     assert "true-positive rate (airplane flagged)" in texts(figures[2])
