@@ -17,6 +17,7 @@ from plumbing import arrays, image_files, inspection_folders
 from plumbing.arrays import KERAS_DATASETS
 from plumbing.batches import in_memory_batches, streamed_input
 from plumbing.errors import ConfigError, DataError, require
+from plumbing.run_folder import require_same_data
 
 
 @dataclasses.dataclass
@@ -78,11 +79,15 @@ class ImageData:
         return dataclasses.replace(self.select_train(~held_out), x_val=x_val,
                                    y_val=None if self.y_train is None else self.y_train[held_out])
 
-    def binarized(self, binarize, seed):
+    def with_binarized_held_out(self, binarize, seed):
         """A copy whose held-out images (validation and test) are 0/1: thresholded at 0.5
         ("static"), or each pixel drawn once from Bernoulli(pixel) ("dynamic", a fixed draw
         that seed decides, as the dynamically binarized benchmark's test set is). The training
         images stay as they are: the model binarizes them as it sees them (cvae.CVAE)."""
+        from keras import ops
+
+        from cvae import binarized
+
         require(self.image_shape[2] == 1,
                 f"binarize={binarize!r} is for grey images, and {self.description} has "
                 f"{self.image_shape[2]} channels; leave binarize as None (or use channels=1).")
@@ -92,7 +97,7 @@ class ImageData:
             if x is None:
                 return None
             threshold = 0.5 if binarize == "static" else rng.random(x.shape, dtype=np.float32)
-            return (x > threshold).astype(np.float32)
+            return ops.convert_to_numpy(binarized(x, threshold))
 
         return dataclasses.replace(self, x_test=made_binary(self.x_test),
                                    x_val=made_binary(self.x_val))
@@ -133,6 +138,10 @@ class ImageData:
         if self.x_val is not None:
             return self.x_val, self.y_val
         return self.x_test, self.y_test
+
+    def monitored_split(self):
+        """(how many images monitored_images holds, and the split's name)."""
+        return len(self.monitored_images()[0]), "test" if self.x_val is None else "validation"
 
     def monitored_input(self, count, batch_size, conditional=False):
         """Batches of the first count monitored images, in order, as the model takes them."""
@@ -223,7 +232,7 @@ def as_trained(data, config):
                 f"training images available.")
         data = data.select_train(np.arange(data.num_train) < config["train_subset"])
     if config.get("binarize") is not None:
-        data = data.binarized(config["binarize"], config.get("seed", 0))
+        data = data.with_binarized_held_out(config["binarize"], config.get("seed", 0))
     return data
 
 
@@ -233,20 +242,12 @@ def as_the_run_sees(x, config):
     "dynamic", a grey pixel's Bernoulli loss is already the expected loss over its binary
     draws."""
     if config.get("binarize") == "static":
-        return (np.asarray(x) > 0.5).astype(np.float32)
+        from keras import ops
+
+        from cvae import binarized
+
+        return ops.convert_to_numpy(binarized(np.asarray(x, dtype=np.float32), 0.5))
     return x
-
-
-def require_same_data(run_dir, old_data, new_data):
-    """Refuse to resume or evaluate a run whose data has changed since it was trained (images
-    added to a folder would move between the splits; another size would not fit the model)."""
-    changed = [f"{key}: {old_data[key]!r} then, {new_data[key]!r} now" for key in new_data
-               if key in (old_data or {}) and old_data[key] != new_data[key]]
-    if changed:
-        raise ConfigError(
-            f"The data of the run in {run_dir!r} has changed since it was trained "
-            f"({'; '.join(changed)}). Restore the data, or train a new run in another --out_dir "
-            f"(or with --overwrite=True).")
 
 
 def load_mnist(data_path=None):

@@ -53,11 +53,11 @@ EVALUATION_RULES = (
 
 def main(argv):
     run_dir, argv = split_run_dir(argv, "python evaluate.py RUN_DIR", default="outputs")
-    settings = parse_overrides(EVALUATION_DEFAULTS, argv, {})
+    settings = parse_overrides(EVALUATION_DEFAULTS, argv, {}, source=__file__)
     check_rules(settings, EVALUATION_RULES)
     quiet_tensorflow()
     from data import load_dataset_of_run
-    from plumbing.run_folder import load_run
+    from saved_run import load_run
 
     config, model = load_run(run_dir)
     data = load_dataset_of_run(config, run_dir)
@@ -82,14 +82,12 @@ def evaluate_run(model, config, data, run_dir, settings=None):
         metrics.update(validation_metrics(model, data, settings))
     metrics.update(training_record(os.path.join(run_dir, run_folder.HISTORY_FILE)))
     figures = figure_images(model, config, data, z_mean, metrics, settings, rng)
-    inspection = inspection_metrics(model, data) if data.inspection else None
     draw_figures(figures, data, z_mean, scores, metrics, history=metrics["per_epoch"],
                  run_dir=run_dir)
-    if inspection is not None:
-        metrics["anomaly"], maps = inspection
-        draw_inspection_figures(data, maps, metrics["anomaly"], run_dir)
-        write_json(os.path.join(run_dir, run_folder.ANOMALY_THRESHOLD_FILE),
-                   metrics["anomaly"]["threshold"])
+    if data.inspection:  # good and defective test images, with masks (anomaly.py)
+        import anomaly
+
+        metrics["anomaly"] = anomaly.evaluate_inspection_set(model, data, run_dir)
     write_atomically(os.path.join(run_dir, run_folder.SCORES_FILE),
                      lambda temporary: np.save(temporary, scores.astype("float32")))
     metrics["evaluation_seconds"] = time.perf_counter() - started
@@ -101,6 +99,7 @@ def evaluate_run(model, config, data, run_dir, settings=None):
 # ---- the numbers ---------------------------------------------------------------------------------
 def test_metrics(model, config, data, settings, rng):
     """(metrics, each test image's negative ELBO, each one's z_mean)."""
+    import anomaly
     import measures
 
     x_test, y_test = data.x_test, data.y_test
@@ -108,8 +107,8 @@ def test_metrics(model, config, data, settings, rng):
     labels = y_test if model.conditional else None
     # The negative ELBO of every test image: encode once, one z sample, decode once.
     z_mean, z_log_var = measures.encode(model, x_test, labels=labels)
-    reconstruction, kl = measures.elbo_from_encoding(model, x_test, z_mean, z_log_var, rng,
-                                                     labels=labels)
+    reconstruction, kl = measures.negative_elbo_terms_from_encoding(
+        model, x_test, z_mean, z_log_var, rng, labels=labels)
     scores = reconstruction + kl
     metrics = measures.summarize_negative_elbo(reconstruction, kl)
     metrics["test_bits_per_dim"] = measures.bits_per_dim(metrics["test_negative_elbo"],
@@ -121,7 +120,7 @@ def test_metrics(model, config, data, settings, rng):
         # Anomaly detection: how well the score tells the held-out class from the others.
         holdout = data.class_index(config["holdout_class"])
         metrics["holdout_class"] = data.caption(holdout)
-        metrics["auroc"] = measures.auroc(scores, y_test == holdout)
+        metrics["auroc"] = anomaly.auroc(scores, y_test == holdout)
     return metrics, scores, z_mean
 
 
@@ -133,7 +132,7 @@ def validation_metrics(model, data, settings):
 
     labels = data.y_val if model.conditional else None
     z_mean, z_log_var = measures.encode(model, data.x_val, labels=labels)
-    reconstruction, kl = measures.elbo_from_encoding(
+    reconstruction, kl = measures.negative_elbo_terms_from_encoding(
         model, data.x_val, z_mean, z_log_var, np.random.default_rng([settings["eval_seed"], 0, 1]),
         labels=labels)
     return measures.summarize_negative_elbo(reconstruction, kl, prefix="validation_")
@@ -182,109 +181,6 @@ def importance_weighted_estimates(model, x_test, scores, settings, labels=None):
         iwae["stderr"].append(stderr)
     iwae["elbo_same_images"] = -float(np.mean(scores[:n_iwae]))
     return iwae
-
-
-# ---- an inspection set: good and defective test images, masks, a threshold -----------------------
-# The threshold is chosen on the held-out normal images alone, never on the test labels: the
-# anomaly score that ANOMALY_PERCENTILE of them stay under, and the per-pixel score that
-# PIXEL_PERCENTILE of their pixels stay under (one false-positive pixel in a thousand).
-ANOMALY_PERCENTILE = 99.0
-PIXEL_PERCENTILE = 99.9
-MAX_FPR = 0.3  # the AUPRO's bound, as MVTec AD defines it
-
-
-def smoothing_sigma(image_shape):
-    """The pixel maps' Gaussian blur: one pixel at 28x28, in proportion above (a defect spans
-    several pixels; the noise of a single one should not decide)."""
-    return max(1.0, min(image_shape[:2]) / 28)
-
-
-def inspection_metrics(model, data):
-    """(metrics["anomaly"], the smoothed pixel maps of the validation and test images) of an
-    inspection set: image- and pixel-level metrics, overall and per defect kind, the threshold
-    chosen on the held-out normal images, and what it flags."""
-    import measures
-    from cvae import ANOMALY_DRAWS, build_anomaly_scorer
-
-    scorer = build_anomaly_scorer(model.encoder, model.decoder)
-    sigma = smoothing_sigma(data.image_shape)
-    val_scores, val_maps = measures.anomaly_scores(scorer, data.x_val)
-    test_scores, test_maps = measures.anomaly_scores(scorer, data.x_test)
-    val_maps, test_maps = measures.smooth(val_maps, sigma), measures.smooth(test_maps, sigma)
-    threshold = {
-        "score": f"anomaly_score: the negative ELBO in nats with {ANOMALY_DRAWS} fixed draws "
-                 f"(cvae.build_anomaly_scorer), the same for every image",
-        "image_threshold": float(np.percentile(val_scores, ANOMALY_PERCENTILE)),
-        "pixel_threshold": float(np.percentile(val_maps, PIXEL_PERCENTILE)),
-        "rule": f"the {ANOMALY_PERCENTILE:g}th percentile of the anomaly scores of the "
-                f"{len(val_scores)} held-out normal images; for pixels, the "
-                f"{PIXEL_PERCENTILE:g}th percentile of their smoothed per-pixel loss",
-        "smoothing_sigma": sigma, "draws": ANOMALY_DRAWS, "seed": 0}
-    is_defect = data.y_test > 0
-    anomaly = detection_metrics(test_scores, test_maps, is_defect, data.test_masks,
-                                data.has_mask)
-    anomaly["per_defect"] = {}
-    for label, kind in enumerate(data.class_names[1:], start=1):
-        keep = (data.y_test == 0) | (data.y_test == label)  # the good images and this kind
-        anomaly["per_defect"][kind] = detection_metrics(
-            test_scores[keep], test_maps[keep], is_defect[keep], data.test_masks[keep],
-            data.has_mask[keep])
-    flagged = test_scores > threshold["image_threshold"]
-    anomaly.update(threshold=threshold, flagged_good=float(np.mean(flagged[~is_defect])),
-                   flagged_defective=float(np.mean(flagged[is_defect])),
-                   images_without_mask=int(np.sum(~data.has_mask)))
-    alternative = test_maps.max(axis=(1, 2))
-    anomaly["alternative"] = {
-        "score": f"the largest value of the per-pixel loss smoothed at sigma={sigma:g}",
-        "image_auroc": measures.auroc(alternative, is_defect),
-        "image_aupr": measures.average_precision(alternative, is_defect)}
-    return anomaly, {"test": test_maps, "test_scores": test_scores, "val": val_maps}
-
-
-def detection_metrics(scores, maps, is_defect, masks, has_mask):
-    """Image AUROC, AUPR, the F1-optimal threshold (an oracle's, for comparison), and pixel
-    AUROC and AUPRO on the images that have masks."""
-    import measures
-
-    f1, f1_threshold = measures.f1_max(scores, is_defect)
-    result = {"image_auroc": measures.auroc(scores, is_defect),
-              "image_aupr": measures.average_precision(scores, is_defect),
-              "image_f1_max": f1, "image_f1_threshold": f1_threshold}
-    masked = np.asarray(has_mask, dtype=bool)
-    if np.any(masks[masked]):
-        result["pixel_auroc"] = measures.auroc(maps[masked].ravel(), masks[masked].ravel() > 0)
-        result["pixel_aupro"] = measures.aupro(maps[masked], masks[masked], MAX_FPR)
-    return result
-
-
-def draw_inspection_figures(data, maps, anomaly, run_dir):
-    """anomaly_roc.png, anomaly_histograms.png and anomaly_overlays.png."""
-    import measures
-    import plotting
-
-    scores, is_defect = maps["test_scores"], data.y_test > 0
-    curves = {"all defects": (*measures.roc_curve(scores, is_defect), anomaly["image_auroc"])}
-    for label, kind in enumerate(data.class_names[1:], start=1):
-        keep = (data.y_test == 0) | (data.y_test == label)
-        curves[kind] = (*measures.roc_curve(scores[keep], is_defect[keep]),
-                        anomaly["per_defect"][kind]["image_auroc"])
-    plotting.plot_anomaly_rocs(curves, os.path.join(run_dir, "anomaly_roc.png"))
-    threshold = anomaly["threshold"]
-    plotting.plot_anomaly_histograms(
-        scores[~is_defect], {kind: scores[data.y_test == label]
-                             for label, kind in enumerate(data.class_names) if label > 0},
-        threshold["image_threshold"], os.path.join(run_dir, "anomaly_histograms.png"))
-    rows = []
-    for label, kind in enumerate(data.class_names):
-        chosen = np.flatnonzero(data.y_test == label)
-        chosen = chosen[np.argsort(-scores[chosen], kind="mergesort")]
-        # The highest-scored good images; of a defect, its three most and two least anomalous.
-        chosen = chosen[:5] if label == 0 else np.r_[chosen[:3], chosen[-2:][::-1]][:len(chosen)]
-        name = "good, highest" if label == 0 else f"{kind}: most, least"
-        rows.append((name, data.x_test[chosen], maps["test"][chosen],
-                     data.test_masks[chosen], scores[chosen]))
-    plotting.plot_anomaly_overlays(rows, threshold["pixel_threshold"],
-                                   os.path.join(run_dir, "anomaly_overlays.png"))
 
 
 def training_record(history_path):
@@ -342,7 +238,7 @@ def interpolations(model, shown_mean, shown_labels, pairs, image_shape):
 
 def draw_figures(figures, data, z_mean, scores, metrics, history, run_dir):
     """Draw every figure of the evaluation from arrays already computed."""
-    import measures
+    import anomaly
     import plotting
     from plumbing.run_folder import RECONSTRUCTIONS_FILE
 
@@ -380,7 +276,7 @@ def draw_figures(figures, data, z_mean, scores, metrics, history, run_dir):
     plotting.plot_score_histogram(scores, is_held_out, path("score_histogram.png"),
                                   metrics.get("holdout_class"))
     if is_held_out is not None:
-        fpr, tpr = measures.roc_curve(scores, is_held_out)
+        fpr, tpr = anomaly.roc_curve(scores, is_held_out)
         plotting.plot_roc(fpr, tpr, metrics["auroc"], metrics["holdout_class"], path("roc.png"))
 
 

@@ -6,11 +6,12 @@ and see its score and uncertainty, live.
 
 The page (web/) shows every test image's z_mean on the latent plane, decodes the point under
 the pointer, and scores a test image that is clicked or an image that is dropped, drawn or
-picked: its negative ELBO in nats, its percentile among the run's test scores, the `anomalous`
-flag, and its uncertainty and per-pixel loss maps. An image goes through the run's own
-preprocessing and measures.score_images, so its numbers are the ones score.py gives for the same
-file. The test split's latents are computed once and kept in RUN_DIR/explorer_cache.npz, the
-only file this command writes. It serves on 127.0.0.1 unless --host says otherwise.
+picked: its negative ELBO in nats and its percentile among the run's test scores, its anomaly
+score, the `anomalous` flag, its uncertainty map and the per-pixel loss that its anomaly score
+sums. An image goes through the run's own preprocessing, measures.negative_elbo_of_new_images
+and anomaly.py's scorer, so its numbers are the ones score.py gives for the same file. The test
+split's latents are computed once and kept in RUN_DIR/explorer_cache.npz, the only file this
+command writes. It serves on 127.0.0.1 unless --host says otherwise.
 """
 
 import base64
@@ -36,7 +37,7 @@ EXPLORE_DEFAULTS = {
     "port": 8765,  # 0: any free port
     "host": "127.0.0.1",  # another address lets anyone on that network use the page
     "percentile": 99.0,  # an image above this percentile of the test scores is anomalous
-    "samples": 16,  # K, draws from q(z|x) for the uncertainty and loss maps
+    "samples": 16,  # K, draws from q(z|x) for the uncertainty map
     "seed": 0,  # seeds each image's z sample (as score.py's --seed) and the maps' draws
     "path_steps": 10,  # images on a decoded path, both ends included
 }
@@ -56,15 +57,16 @@ PAGE_FILES = ("page.js", "page.css")
 def main(argv):
     started = time.perf_counter()
     run_dir, argv = split_run_dir(argv, USAGE)
-    settings = parse_overrides(EXPLORE_DEFAULTS, argv, {})
+    settings = parse_overrides(EXPLORE_DEFAULTS, argv, {}, source=__file__)
     check_rules(settings, EXPLORE_RULES)
     if settings["host"] not in LOOPBACK:
         print(f"warning: serving on {settings['host']}, not 127.0.0.1: anyone who can reach "
               f"this machine on that network can use the page and the model.", file=sys.stderr)
     quiet_tensorflow()
     from plumbing import run_folder, web_server
+    from saved_run import load_run
 
-    config, model = run_folder.load_run(run_dir)
+    config, model = load_run(run_dir)
     explorer = Explorer(model, config, run_dir, settings)
     figures = run_folder.FIGURE_FILES + (run_folder.RECONSTRUCTIONS_FILE, run_folder.GIF_FILE)
 
@@ -89,12 +91,12 @@ class Explorer:
     /api/NAME with a dict. Model calls are serialized: the server answers in threads."""
 
     def __init__(self, model, config, run_dir, settings):
+        import anomaly
         import measures
-        from cvae import build_anomaly_scorer
         from plumbing.image_files import prepare_file
         from plumbing.run_folder import anomaly_rule, image_shape_of, read_test_scores
 
-        self.measures, self.prepare_file = measures, prepare_file
+        self.measures, self.anomaly, self.prepare_file = measures, anomaly, prepare_file
         self.model, self.config, self.settings, self.run_dir = model, config, settings, run_dir
         self.image_shape = image_shape_of(config)
         self.lock = threading.Lock()
@@ -102,8 +104,7 @@ class Explorer:
         # `anomalous` means what it means in score.py: for an inspection run, the deterministic
         # anomaly score above the threshold kept with it.
         self.rule = anomaly_rule(run_dir, self.test_scores, settings["percentile"])
-        self.scorer = (build_anomaly_scorer(model.encoder, model.decoder)
-                       if self.rule["column"] == "anomaly_score" else None)
+        self.scorer = anomaly.build_anomaly_scorer(model.encoder, model.decoder)
         self.data, self.data_error, self.data_ready = None, None, threading.Event()
         self.z_mean, self.z_log_var, self.labels = cached_latents(self)
         self.dims = measures.most_informative_dims(
@@ -168,7 +169,8 @@ class Explorer:
         x = self.data.x_test[index:index + 1]
         labels = None if not self.model.conditional else self.labels[index:index + 1]
         answer = self._explain(x, labels, self.z_mean[index:index + 1])
-        answer.update(self._numbers(float(self.test_scores[index]), x, labels), index=index,
+        answer.update(self._numbers(float(self.test_scores[index]), answer["anomaly_score"]),
+                      index=index,
                       label=None if self.labels is None else int(self.labels[index]),
                       z_mean=self.z_mean[index].tolist())
         return answer
@@ -186,35 +188,36 @@ class Explorer:
         labels = self._label(query.get("label"), 1)
         x = as_the_run_sees(pixels[None], self.config)
         with self.lock:
-            scores, z_mean, z_log_var = self.measures.score_images(
+            scores, z_mean, z_log_var = self.measures.negative_elbo_of_new_images(
                 self.model, x, self.settings["seed"], labels)
         answer = self._explain(x, labels, z_mean)
-        answer.update(self._numbers(float(scores[0]), x, labels), z_mean=z_mean[0].tolist(),
+        answer.update(self._numbers(float(scores[0]), answer["anomaly_score"]),
+                      z_mean=z_mean[0].tolist(),
                       z_sigma=np.exp(0.5 * z_log_var[0]).tolist())
         return answer
 
     # ---- helpers ---------------------------------------------------------------------------
-    def _numbers(self, score, x, labels):
-        numbers = {"score": score,
-                   "bits_per_dim": self.measures.bits_per_dim(score, self.image_shape),
-                   "percentile": float(100.0 * np.mean(self.test_scores <= score))}
-        compared = score
-        if self.scorer is not None:
-            with self.lock:
-                anomaly, _ = self.measures.anomaly_scores(self.scorer, x, labels)
-            compared = numbers["anomaly_score"] = float(anomaly[0])
-        numbers["anomalous"] = bool(compared > self.rule["threshold"])
-        return numbers
+    def _numbers(self, score, anomaly_score):
+        """The image's negative ELBO ranked among the test split's, and whether it is anomalous
+        by the run's rule (run_folder.anomaly_rule)."""
+        compared = anomaly_score if self.rule["column"] == "anomaly_score" else score
+        return {"score": score,
+                "bits_per_dim": self.measures.bits_per_dim(score, self.image_shape),
+                "percentile": float(100.0 * np.mean(self.test_scores <= score)),
+                "anomalous": bool(compared > self.rule["threshold"])}
 
     def _explain(self, x, labels, z_mean):
-        """The image, its reconstruction from z_mean, and its uncertainty and loss maps."""
+        """The image, its reconstruction from z_mean, its uncertainty map, and its anomaly score
+        and the per-pixel loss it sums (anomaly.py's scorer)."""
         rng = np.random.default_rng(self.settings["seed"])
         with self.lock:
             reconstruction = self.measures.decode(self.model, z_mean, labels=labels)[0]
-            loss, spread = self.measures.pixel_maps(self.model, x, self.settings["samples"], rng,
-                                                    labels=labels)
+            spread = self.measures.decoded_spread(self.model, x, self.settings["samples"], rng,
+                                                  labels=labels)
+            anomaly_score, loss = self.anomaly.anomaly_scores(self.scorer, x, labels)
         return {"image": _image_json(x[0]), "reconstruction": _image_json(reconstruction),
-                "uncertainty": _map_json(spread[0]), "loss": _map_json(loss[0])}
+                "uncertainty": _map_json(spread[0]), "loss": _map_json(loss[0]),
+                "anomaly_score": float(anomaly_score[0])}
 
     def _decode(self, z, labels):
         with self.lock:

@@ -2,7 +2,7 @@
 
     python export.py RUN_DIR               # writes RUN_DIR/scorer.onnx
 
-The scorer is cvae.build_anomaly_scorer, the model whose numbers the evaluation and score.py
+The scorer is anomaly.build_anomaly_scorer, the model whose numbers the evaluation and score.py
 report. Its input "image" is a float32 batch (N, height, width, channels) of the run's image
 shape with values in [0, 1]: the images as the run takes them, resized, grey or RGB, divided by
 255 (a conditional run's scorer also takes "label", int32 (N,)). Its outputs are
@@ -35,13 +35,14 @@ PIXEL_TOLERANCE = 0.05  # nats per pixel
 
 def main(argv):
     run_dir, argv = split_run_dir(argv, "python export.py RUN_DIR")
-    settings = parse_overrides(EXPORT_DEFAULTS, argv, {})
+    settings = parse_overrides(EXPORT_DEFAULTS, argv, {}, source=__file__)
     os.environ["KERAS_BACKEND"] = "tensorflow"  # the ONNX route Keras has on every platform
     quiet_tensorflow()
-    from cvae import build_anomaly_scorer
+    from anomaly import build_anomaly_scorer
     from data import load_dataset_of_run
     from plumbing.atomic_files import write_atomically
-    from plumbing.run_folder import SCORER_FILE, load_run
+    from plumbing.run_folder import SCORER_FILE
+    from saved_run import load_run
 
     config, model = load_run(run_dir)
     # A statically binarized run's file thresholds its input itself (score.py and the explorer

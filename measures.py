@@ -1,5 +1,6 @@
-"""Honest test-set numbers, in nats: ELBO, importance-weighted log-likelihood, latent activity,
-anomaly-detection AUROC.
+"""Honest numbers of a trained model, in nats: each image's negative ELBO, the
+importance-weighted log-likelihood, latent activity; and the encoding and decoding they need.
+(Anomaly detection, its scorer and its metrics, is anomaly.py's.)
 
 Everything runs in large batches through the encoder and decoder, by predict_on_batch: Keras
 compiles it into a graph once, which runs about 20% faster than calling the models eagerly (oneDNN
@@ -12,15 +13,9 @@ import zlib
 
 import numpy as np
 from keras import ops, tree
-from scipy import ndimage
 
-from cvae import (
-    is_replicated,
-    kl_per_dimension,
-    kl_to_standard_normal,
-    pixel_nats,
-    reconstruction_nats,
-)
+from cvae import kl_per_dimension, kl_to_standard_normal, reconstruction_nats, reparameterize
+from plumbing.devices import is_replicated
 
 EVAL_BATCH_SIZE = 500
 LOG_2PI = math.log(2.0 * math.pi)
@@ -72,10 +67,10 @@ def reconstruct(model, x, labels=None):
 
 
 def sample_z(z_mean, z_log_var, epsilon):
-    """The reparameterization in NumPy, cvae.Sampling's formula: z = z_mean + exp(z_log_var / 2)
-    * epsilon, where epsilon is standard normal noise that z_mean and z_log_var broadcast
-    against. In epsilon's precision (float64 from NumPy's generators); decode() takes float32."""
-    return z_mean + np.exp(0.5 * z_log_var) * epsilon
+    """cvae.reparameterize on NumPy arrays, in float32 (what decode() takes) on every backend:
+    epsilon is standard normal noise that z_mean and z_log_var broadcast against."""
+    return ops.convert_to_numpy(reparameterize(
+        *(np.asarray(array, dtype="float32") for array in (z_mean, z_log_var, epsilon))))
 
 
 def straight_line(z_start, z_end, steps):
@@ -84,8 +79,8 @@ def straight_line(z_start, z_end, steps):
     return ((1.0 - fractions) * z_start + fractions * z_end).astype("float32")
 
 
-def elbo_from_encoding(model, x, z_mean, z_log_var, rng, batch_size=EVAL_BATCH_SIZE, labels=None,
-                       epsilon=None):
+def negative_elbo_terms_from_encoding(model, x, z_mean, z_log_var, rng,
+                                      batch_size=EVAL_BATCH_SIZE, labels=None, epsilon=None):
     """(reconstruction, kl) per image, each (N,), in nats, given the encoder's outputs.
 
     One z ~ q(z|x) per image, so reconstruction + kl is a single-sample, unbiased estimate of
@@ -102,24 +97,18 @@ def elbo_from_encoding(model, x, z_mean, z_log_var, rng, batch_size=EVAL_BATCH_S
     return reconstruction, ops.convert_to_numpy(kl_to_standard_normal(z_mean, z_log_var))
 
 
-def per_image_negative_elbo(model, x, seed=0, batch_size=EVAL_BATCH_SIZE, labels=None):
-    """(reconstruction, kl) per image, each (N,), in nats: see elbo_from_encoding."""
-    z_mean, z_log_var = encode(model, x, batch_size, labels)
-    return elbo_from_encoding(model, x, z_mean, z_log_var, np.random.default_rng(seed),
-                              batch_size, labels)
-
-
-def score_images(model, x, seed=0, labels=None):
+def negative_elbo_of_new_images(model, x, seed=0, labels=None):
     """(negative ELBO, z_mean, z_log_var) of new images, one row each: the single-sample estimate
-    of elbo_from_encoding, with each image's noise seeded by seed and the image's own pixels. A
-    score then depends on the image alone, not on its file name nor on what else is scored with
-    it, so score.py and the explorer give the same number for the same file."""
+    of negative_elbo_terms_from_encoding, as test_scores.npy holds for the test split, with each
+    image's noise seeded by seed and the image's own pixels. A number then depends on the image
+    alone, not on its file name nor on what else is scored with it, so score.py and the explorer
+    give the same number for the same file, and rank it among the test split's."""
     x = np.asarray(x, dtype="float32")
     z_mean, z_log_var = encode(model, x, labels=labels)
     epsilon = np.stack([np.random.default_rng([seed, zlib.crc32(image.tobytes())])
                         .standard_normal(z_mean.shape[1]) for image in x])
-    reconstruction, kl = elbo_from_encoding(model, x, z_mean, z_log_var, None, labels=labels,
-                                            epsilon=epsilon)
+    reconstruction, kl = negative_elbo_terms_from_encoding(model, x, z_mean, z_log_var, None,
+                                                           labels=labels, epsilon=epsilon)
     return reconstruction + kl, z_mean, z_log_var
 
 
@@ -129,25 +118,18 @@ def bits_per_dim(nats_per_image, image_shape):
     return float(nats_per_image) / (math.prod(image_shape) * math.log(2.0))
 
 
-def pixel_maps(model, x, num_samples, rng, labels=None):
-    """Where each image's score comes from, and where the model is unsure, per pixel.
-
-    For K samples z_k ~ q(z|x) of each image: the per-pixel reconstruction loss averaged over the
-    samples (nats, summed over channels; its sum over pixels is the reconstruction term of the
-    score), and the per-pixel standard deviation of the K decoded images (averaged over
-    channels). Returns both, each shaped (N, height, width).
-    """
+def decoded_spread(model, x, draws, rng, labels=None):
+    """Where the model is unsure of each image: the per-pixel standard deviation of the images
+    decoded from `draws` samples z ~ q(z|x) (averaged over channels), shaped (N, height, width).
+    Where the score comes from is the anomaly scorer's pixel_loss (anomaly.py)."""
     z_mean, z_log_var = encode(model, x, labels=labels)
-    loss_maps, spreads = [], []
-    for index, (image, mean, log_var) in enumerate(zip(x, z_mean, z_log_var)):
-        z = sample_z(mean, log_var, rng.standard_normal((num_samples, len(mean))))
-        same_label = None if labels is None else np.repeat(labels[index:index + 1], num_samples)
+    spreads = []
+    for index, (mean, log_var) in enumerate(zip(z_mean, z_log_var)):
+        z = sample_z(mean, log_var, rng.standard_normal((draws, len(mean))))
+        same_label = None if labels is None else np.repeat(labels[index:index + 1], draws)
         decoded = decode(model, z, labels=same_label)  # (K, height, width, channels)
-        pixel_loss = ops.convert_to_numpy(pixel_nats(np.broadcast_to(image, decoded.shape),
-                                                     decoded))
-        loss_maps.append(pixel_loss.mean(axis=0).sum(axis=-1))
         spreads.append(decoded.std(axis=0).mean(axis=-1))
-    return np.stack(loss_maps), np.stack(spreads)
+    return np.stack(spreads)
 
 
 def mean_and_standard_error(values):
@@ -189,7 +171,7 @@ def importance_log_weights(model, x, num_samples, seed=0, batch_size=EVAL_BATCH_
         images = np.repeat(x[start:stop], num_samples, axis=0)
         log_p_x_given_z = -ops.convert_to_numpy(reconstruction_nats(images, decoded)).reshape(
             stop - start, num_samples)
-        log_p_z = -0.5 * np.sum(z**2 + LOG_2PI, axis=-1)
+        log_p_z = -0.5 * np.sum(np.square(z, dtype=np.float64) + LOG_2PI, axis=-1)
         log_q_z = -0.5 * np.sum(epsilon**2 + log_var + LOG_2PI, axis=-1)
         log_weights[start:stop] = log_p_x_given_z + log_p_z - log_q_z
     return log_weights
@@ -219,116 +201,3 @@ def most_informative_dims(kl_per_dimension):
     if len(kl_per_dimension) <= 2:
         return [0, min(1, len(kl_per_dimension) - 1)]
     return [int(d) for d in np.argsort(kl_per_dimension)[::-1][:2]]
-
-
-def auroc(scores, is_positive):
-    """Area under the ROC curve: the chance that a random positive outscores a random negative
-    (ties count one half), from the Mann-Whitney U statistic with average ranks for ties."""
-    scores = np.asarray(scores, dtype=np.float64)
-    is_positive = np.asarray(is_positive, dtype=bool)
-    n_positive, n_negative = int(is_positive.sum()), int((~is_positive).sum())
-    if n_positive == 0 or n_negative == 0:
-        raise ValueError("AUROC needs at least one positive and one negative example.")
-    order = np.argsort(scores, kind="mergesort")
-    sorted_scores = scores[order]
-    ranks = np.empty(len(scores))
-    # Every member of a run of tied scores gets the run's average rank (1-based).
-    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    ranks[order] = np.repeat(first + (counts + 1) / 2.0, counts)
-    u = ranks[is_positive].sum() - n_positive * (n_positive + 1) / 2.0
-    return float(u / (n_positive * n_negative))
-
-
-def roc_curve(scores, is_positive):
-    """False- and true-positive rates at every distinct threshold, from (0, 0) to (1, 1)."""
-    scores = np.asarray(scores, dtype=np.float64)
-    is_positive = np.asarray(is_positive, dtype=bool)
-    order = np.argsort(-scores, kind="mergesort")
-    scores, is_positive = scores[order], is_positive[order]
-    # The last index of each run of equal scores: a threshold admits whole runs only.
-    ends = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
-    true_positives = np.cumsum(is_positive)[ends]
-    false_positives = (ends + 1) - true_positives
-    tpr = np.r_[0.0, true_positives / max(is_positive.sum(), 1)]
-    fpr = np.r_[0.0, false_positives / max((~is_positive).sum(), 1)]
-    return fpr, tpr
-
-
-# ---- anomaly detection on labelled defects ------------------------------------------------------
-def anomaly_scores(scorer, x, labels=None, batch_size=32):
-    """(anomaly_score (N,), pixel_loss (N, height, width)) of cvae.build_anomaly_scorer's
-    scorer; batches of 32 images, so that K decodes of each fit in memory."""
-    scores, maps = [], []
-    for start in range(0, len(x), batch_size):
-        score, pixel_loss = scorer.predict_on_batch(_with_labels(x, labels, start,
-                                                                 start + batch_size))
-        scores.append(score)
-        maps.append(pixel_loss)
-    return np.concatenate(scores).astype(np.float64), np.concatenate(maps)
-
-
-def smooth(maps, sigma):
-    """Each (height, width) map blurred by a Gaussian of sigma pixels: a defect spans several
-    pixels, noise one (scipy.ndimage's filter, axis 0 being the images)."""
-    return ndimage.gaussian_filter(np.asarray(maps, dtype=np.float64), sigma=(0, sigma, sigma))
-
-
-def _ranked(scores, is_positive):
-    """(true positives, flagged count, threshold) at every distinct threshold, the highest first:
-    flagging the scores >= threshold flags `flagged` images, `true positives` of them positive."""
-    scores = np.asarray(scores, dtype=np.float64)
-    order = np.argsort(-scores, kind="mergesort")
-    scores, is_positive = scores[order], np.asarray(is_positive, dtype=bool)[order]
-    ends = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
-    return np.cumsum(is_positive)[ends], ends + 1, scores[ends]
-
-
-def average_precision(scores, is_positive):
-    """Area under the precision-recall curve, as the sum over thresholds of precision times the
-    gain in recall (the step-wise definition, without interpolation)."""
-    true_positives, flagged, _ = _ranked(scores, is_positive)
-    recall = true_positives / max(int(np.sum(is_positive)), 1)
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * true_positives / flagged))
-
-
-def f1_max(scores, is_positive):
-    """(the best F1 over every threshold, that threshold): the images scoring at or above it
-    are flagged. An oracle's choice, made with the labels."""
-    true_positives, flagged, thresholds = _ranked(scores, is_positive)
-    f1 = 2 * true_positives / (flagged + int(np.sum(is_positive)))
-    best = int(np.argmax(f1))
-    return float(f1[best]), float(thresholds[best])
-
-
-def aupro(maps, masks, max_fpr=0.3, thresholds=300):
-    """Area under the per-region-overlap curve up to a false-positive rate of max_fpr, divided
-    by max_fpr (Bergmann et al. 2021, "The MVTec Anomaly Detection Dataset", section 4.2).
-
-    At each threshold, PRO is the mean over every connected defect region of the masks of the
-    share of its pixels above the threshold, and the false-positive rate the share of defect-free
-    pixels above it. maps and masks: (N, height, width), masks non-zero where defective.
-    """
-    maps, masks = np.asarray(maps, dtype=np.float64), np.asarray(masks) > 0
-    regions = []
-    for mask, pixel_map in zip(masks, maps):
-        labelled, count = ndimage.label(mask)
-        regions += [np.sort(pixel_map[labelled == region]) for region in range(1, count + 1)]
-    normal = np.sort(maps[~masks])
-    if not regions or not len(normal):
-        raise ValueError("AUPRO needs at least one defect region and one defect-free pixel.")
-    # Thresholds at evenly spaced false-positive rates from 0 to max_fpr.
-    rates = np.linspace(0.0, max_fpr, thresholds)
-    levels = np.quantile(normal, 1.0 - rates)
-    # And the next distinct value below the last: tied pixels can keep every quantile's rate
-    # short of max_fpr, and the curve must then be interpolated towards a point beyond it.
-    below = normal[normal < levels[-1]]
-    if below.size:
-        levels = np.r_[levels, below[-1]]
-    fpr = 1.0 - np.searchsorted(normal, levels, side="right") / len(normal)
-    pro = np.mean([1.0 - np.searchsorted(region, levels, side="right") / len(region)
-                   for region in regions], axis=0)
-    # The curve ends exactly at max_fpr: ties among the defect-free pixels can leave the last
-    # threshold's rate a little short of it, or past it.
-    pro_at_max = np.interp(max_fpr, fpr, pro)
-    keep = fpr < max_fpr
-    return float(np.trapezoid(np.r_[pro[keep], pro_at_max], np.r_[fpr[keep], max_fpr]) / max_fpr)

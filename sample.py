@@ -5,7 +5,7 @@
     python sample.py RUN_DIR --interpolate=a.png,b.png
     python sample.py RUN_DIR --class_name=7        # a conditional run: sevens only
 
-The model is rebuilt from the run folder (plumbing/run_folder.py). Images are the decoder's
+The model is rebuilt from the run folder (saved_run.py). Images are the decoder's
 Bernoulli means, the same as the run's samples.png; the input images of --interpolate go through
 the preprocessing the run was trained with (plumbing/image_files.py).
 """
@@ -46,13 +46,14 @@ SAMPLE_RULES = (
 def main(argv):
     run_dir, argv = split_run_dir(argv, "python sample.py RUN_DIR [--n=64 ...]")
     settings = parse_overrides(SAMPLE_DEFAULTS, argv, {"interpolate": str, "out_dir": str,
-                                                      "class_name": str})
+                                                      "class_name": str}, source=__file__)
     check_rules(settings, SAMPLE_RULES)
     quiet_tensorflow()
     from data import label_of_run
     from plumbing import run_folder
+    from saved_run import load_run
 
-    config, model = run_folder.load_run(run_dir)
+    config, model = load_run(run_dir)
     out_dir = settings["out_dir"] or os.path.join(run_dir, run_folder.GENERATED_FOLDER)
     os.makedirs(out_dir, exist_ok=True)
     label = label_of_run(settings["class_name"], config)

@@ -6,8 +6,11 @@
 Each image goes through the preprocessing its run was trained with (plumbing/image_files.py for
 files, plumbing/arrays.py for arrays) and gets its negative ELBO in nats and in bits
 per dimension, the same single-sample estimate the evaluation saved for the run's own test split
-(test_scores.npy). Its percentile among those test scores, and `anomalous` (above the
---percentile-th of them), go into a CSV with one row per image. A file that cannot be read gets
+(test_scores.npy), and its anomaly score (anomaly.py's scorer: the negative ELBO with fixed
+draws, one number per image, whose per-pixel loss --figures and --masks show). Its percentile
+among the test scores, and `anomalous` (the anomaly score above an inspection run's threshold,
+else the negative ELBO above the --percentile-th of the test scores), go into a CSV with one row
+per image. A file that cannot be read gets
 its error in its row and a warning; the others are still scored, and the exit code is 1.
 """
 
@@ -32,7 +35,7 @@ SCORE_DEFAULTS = {
     "out": None,  # the CSV; None = RUN_DIR/scores.csv
     "figures": None,  # a folder: per image, input, reconstruction, uncertainty and score maps
     "latents": None,  # an .npz file: z_mean and z_log_var of every image scored
-    "samples": 16,  # K, draws from q(z|x) for the uncertainty and score maps
+    "samples": 16,  # K, draws from q(z|x) for the uncertainty maps
     "seed": 0,  # seeds the z samples
     "class_name": None,  # a conditional run: score every image as this class (name or index)
     "threshold": None,  # flag anomaly_score above this (nats); None = the run's stored threshold
@@ -50,19 +53,22 @@ USAGE = "python score.py RUN_DIR INPUT... [--percentile=99]"
 
 
 def main(argv):
-    positional = [argument for argument in argv if not argument.startswith("--")]
+    # The settings first: --help answers without a run folder, and -h is no image file.
+    options = [argument for argument in argv if argument.startswith("--") or argument == "-h"]
+    settings = parse_overrides(SCORE_DEFAULTS, options,
+                               {"out": str, "figures": str, "latents": str, "class_name": str,
+                                "threshold": float, "masks": str}, source=__file__)
+    positional = [argument for argument in argv if argument not in options]
     require(len(positional) >= 2, f"Give the run folder and at least one image file, folder or "
                                   f".npz: {USAGE}.")
     run_dir, inputs = split_run_dir(positional, USAGE)
-    settings = parse_overrides(SCORE_DEFAULTS, [a for a in argv if a.startswith("--")],
-                               {"out": str, "figures": str, "latents": str, "class_name": str,
-                                "threshold": float, "masks": str})
     check_rules(settings, SCORE_RULES)
     quiet_tensorflow()
     from data import as_the_run_sees, label_of_run
     from plumbing import run_folder
+    from saved_run import load_run
 
-    config, model = run_folder.load_run(run_dir)
+    config, model = load_run(run_dir)
     test_scores = run_folder.read_test_scores(run_dir)
     rule = decision_rule(run_dir, test_scores, settings)
     image_shape = run_folder.image_shape_of(config)
@@ -74,7 +80,7 @@ def main(argv):
     names, images, failed = read_inputs(inputs, image_shape)
     rows = []
     if images:
-        rows = score_images(model, as_the_run_sees(np.stack(images), config), names, label,
+        rows = score_rows(model, as_the_run_sees(np.stack(images), config), names, label,
                             test_scores, rule, image_shape, settings)
     rows += [{"path": name, "error": error} for name, error in failed]
     out = settings["out"] or os.path.join(run_dir, "scores.csv")
@@ -103,15 +109,16 @@ def decision_rule(run_dir, test_scores, settings):
     return rule
 
 
-def score_images(model, x, names, label, test_scores, rule, image_shape, settings):
+def score_rows(model, x, names, label, test_scores, rule, image_shape, settings):
     """The CSV rows of the images x (and their --latents, --figures and --masks, when asked)."""
+    import anomaly as anomaly_detection
     import measures
-    from cvae import build_anomaly_scorer
 
     labels = None if label is None else np.full(len(x), label, "int32")
-    scores, z_mean, z_log_var = measures.score_images(model, x, settings["seed"], labels)
-    anomaly, maps = measures.anomaly_scores(build_anomaly_scorer(model.encoder, model.decoder),
-                                            x, labels)
+    scores, z_mean, z_log_var = measures.negative_elbo_of_new_images(model, x, settings["seed"],
+                                                                     labels)
+    anomaly, maps = anomaly_detection.anomaly_scores(
+        anomaly_detection.build_anomaly_scorer(model.encoder, model.decoder), x, labels)
     compared = anomaly if rule["column"] == "anomaly_score" else scores
     rows = [{"path": name, "negative_elbo_nats": f"{score:.4f}",
              "bits_per_dim": f"{measures.bits_per_dim(score, image_shape):.6f}",
@@ -120,7 +127,8 @@ def score_images(model, x, names, label, test_scores, rule, image_shape, setting
              "anomalous": bool(value > rule["threshold"]), "error": ""}
             for name, score, anomaly_score, value in zip(names, scores, anomaly, compared)]
     if settings["masks"]:
-        write_masks(measures.smooth(maps, rule["smoothing_sigma"]) > rule["pixel_threshold"],
+        write_masks(anomaly_detection.smooth(maps, rule["smoothing_sigma"])
+                    > rule["pixel_threshold"],
                     names, settings["masks"])
     if settings["latents"]:
         def write_latents(temporary):
@@ -130,7 +138,7 @@ def score_images(model, x, names, label, test_scores, rule, image_shape, setting
         make_parent_folder(settings["latents"])
         write_atomically(settings["latents"], write_latents)
     if settings["figures"]:
-        draw_explanations(model, x, labels, names, scores, test_scores, settings)
+        draw_explanations(model, x, labels, names, scores, maps, test_scores, settings)
     return rows
 
 
@@ -171,7 +179,9 @@ def read_inputs(inputs, image_shape):
     return names, images, failed
 
 
-def draw_explanations(model, x, labels, names, scores, test_scores, settings):
+def draw_explanations(model, x, labels, names, scores, pixel_loss, test_scores, settings):
+    """Per image: the input, its reconstruction from z_mean, its uncertainty map, and the
+    per-pixel loss its anomaly score sums (pixel_loss, from anomaly.py's scorer)."""
     import measures
     import plotting
 
@@ -180,14 +190,14 @@ def draw_explanations(model, x, labels, names, scores, test_scores, settings):
     z_mean, _ = measures.encode(model, x, labels=labels)
     reconstructions = measures.decode(model, z_mean, labels=labels)
     for start in range(0, len(x), 100):  # the maps of 100 images at a time
-        pixel_loss, uncertainty = measures.pixel_maps(
+        uncertainty = measures.decoded_spread(
             model, x[start:start + 100], settings["samples"], rng,
             labels=None if labels is None else labels[start:start + 100])
-        for offset in range(len(pixel_loss)):
+        for offset in range(len(uncertainty)):
             index = start + offset
             percentile = 100.0 * np.mean(test_scores <= scores[index])
             plotting.plot_explanation(
-                x[index], reconstructions[index], uncertainty[offset], pixel_loss[offset],
+                x[index], reconstructions[index], uncertainty[offset], pixel_loss[index],
                 f"{os.path.basename(names[index])}: {scores[index]:.1f} nats, percentile "
                 f"{percentile:.1f} of the test split",
                 os.path.join(settings["figures"], f"{index:05d}_{figure_name(names[index])}.png"))

@@ -16,7 +16,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 
-from cvae import architecture_problem, build_cvae, parameter_count, training_gflops_per_image
+from cvae import build_cvae
+from plumbing.model_size import architecture_problem, parameter_count, training_gflops_per_image
 from plumbing.optimizer import make_optimizer
 from timing import StepTimer
 

@@ -20,7 +20,7 @@ from keras import layers
 import measures
 from data import load_dataset_of_run
 from plumbing.atomic_files import write_json
-from plumbing.run_folder import load_run
+from saved_run import load_run
 
 
 def build_classifier(image_shape, num_classes):

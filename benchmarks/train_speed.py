@@ -150,8 +150,8 @@ def child(args):
     import keras
 
     import measures
-    from cvae import training_gflops_per_image
     from data import load_mnist
+    from plumbing.model_size import training_gflops_per_image
 
     (x_train, _), (x_test, _) = load_mnist(args.data_path)
     x = x_train[:args.images]

@@ -22,11 +22,11 @@ What the engines need from the rest of the project, and why:
   replicas' gradients and multiplies the reported loss by their count; CVAE.compute_loss
   divides by replicas_in_sync() so that both are those of the global mean.
 - the sampling noise: each TensorFlow replica draws the noise of the whole global batch from
-  the same seed state and keeps its own slice (replica_slice), so the replicas' noise is
+  the same seed state and keeps its own rows (noise_of_this_replica), so the replicas' noise is
   independent and the same as one device's.
 - predicting: a TensorFlow model built under a strategy returns every row once per replica from
   predict_on_batch, and JAX splits a prediction batch like a training batch; measures.py calls
-  a replicated model directly instead (cvae.is_replicated).
+  a replicated model directly instead (is_replicated).
 """
 
 import contextlib
@@ -242,3 +242,53 @@ def _even_py_dataset(inner, devices, length, processes):
             inner.on_epoch_end()
 
     return EvenBatches()
+
+
+# ---- inside the model: what a replica of a data-parallel step must do differently -------------
+def replicas_in_sync():
+    """How many TensorFlow replicas each compute one share of the batch right now (1 outside a
+    tf.distribute strategy, and always 1 on JAX, whose training step sees the whole batch)."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return 1
+    import tensorflow as tf  # only on the TensorFlow backend, which has it
+
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def noise_of_this_replica(draw, like, seed):
+    """draw(shape, dtype=, seed=) noise shaped and typed like the tensor `like`, as one device
+    would draw it for the whole batch.
+
+    Under tf.distribute each replica holds a share of the batch but the same seed state: drawing
+    the noise of the whole global batch and keeping this replica's rows gives every image the
+    noise it would have on one device, instead of the same noise on every replica. This assumes
+    the even split that even_batches guarantees.
+    """
+    from keras import ops
+
+    shape = tuple(ops.shape(like))
+    offset, batch = 0, shape[0]
+    if replicas_in_sync() > 1:
+        import tensorflow as tf
+
+        context = tf.distribute.get_replica_context()
+        # None: the whole batch, as when Keras builds the model on a sample of it.
+        if context is not None:
+            offset = context.replica_id_in_sync_group * shape[0]
+            batch = replicas_in_sync() * shape[0]
+    noise = draw((batch, *shape[1:]), dtype=like.dtype, seed=seed)
+    return ops.slice(noise, (offset,) + (0,) * (len(shape) - 1), shape)
+
+
+def is_replicated(model):
+    """True when the model's predictions would go through a data-parallel engine (see
+    measures._predict for why that matters)."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        return keras.distribution.distribution() is not None
+    if keras.backend.backend() == "tensorflow":
+        return model.distribute_strategy.num_replicas_in_sync > 1
+    return False

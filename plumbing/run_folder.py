@@ -1,4 +1,6 @@
-"""What a run folder holds, and how a run's model is built, saved and loaded from it.
+"""What a run folder holds: its files, whether its training is finished, its history, its
+scores and anomaly threshold, and the check of out_dir before train.py writes into it. (The
+model a run holds is built, saved and loaded by saved_run.py.)
 
 Every file goes through atomic_files, so a crash never leaves a half-written one for a resumed
 run or evaluate.py to read.
@@ -7,18 +9,14 @@ run or evaluate.py to read.
 import csv
 import os
 import shutil
-import sys
 
-import keras
 import numpy as np
 
-from cvae import build_cvae
 from plumbing.arrays import MNIST_IMAGE_SHAPE
 from plumbing.atomic_files import (
     atomic_path,
     read_json,
     remove_stale_temporaries,
-    write_atomically,
     writing,
 )
 from plumbing.errors import ConfigError, RunError
@@ -108,78 +106,10 @@ def training_complete(folder, epochs):
             and len(read_history(os.path.join(folder, HISTORY_FILE))) >= epochs)
 
 
-# ---- a run's model: built from config.json, saved and loaded as weights only -------------------
+# ---- what a run's config.json says --------------------------------------------------------------
 def image_shape_of(config):
     """The image shape a run was trained on (runs made before other datasets were MNIST's)."""
     return tuple(config.get("data", {}).get("image_shape", MNIST_IMAGE_SHAPE))
-
-
-def build_model(config, seed=None):
-    """A fresh CVAE of the architecture, latent size and image shape that config describes."""
-    num_classes = None
-    if config.get("conditional"):
-        num_classes = len(config["data"]["class_names"])
-    return build_cvae(int(config["latent_dim"]), image_shape_of(config),
-                      config.get("architecture", "article"), seed=seed, num_classes=num_classes,
-                      binarize=config.get("binarize"),
-                      kl_warmup_steps=config.get("kl_warmup_steps", 0))
-
-
-def save_trained_model(model, config, run_dir):
-    """Write the weights (no optimizer state) and the portable encoder and decoder, atomically;
-    returns the float32, one-device copy of the model that was saved, the model the evaluation
-    measures (so that metrics.json describes the files, as `evaluate.py` would)."""
-    # A fresh, uncompiled float32 copy holds just the model's variables: half the size, loadable
-    # into a model built from config.json, and exported without a 16-bit policy baked in. Built
-    # outside any data-parallel engine, it takes a batch of any size.
-    policy = keras.mixed_precision.dtype_policy()
-    keras.mixed_precision.set_dtype_policy("float32")
-    try:
-        bare = build_model(config)
-    finally:
-        keras.mixed_precision.set_dtype_policy(policy)
-    bare.set_weights(model.get_weights())
-    write_atomically(os.path.join(run_dir, WEIGHTS_FILE), bare.save_weights)
-    write_atomically(os.path.join(run_dir, ENCODER_FILE), bare.encoder.save)
-    write_atomically(os.path.join(run_dir, DECODER_FILE), bare.decoder.save)
-    return bare
-
-
-def load_run(run_dir):
-    """(config, model) rebuilt from a run folder's config.json and weights.
-
-    This is how any code uses a trained run: the model is built from config.json and the
-    weights, an HDF5 file of arrays (loading it runs no code), are loaded into it.
-    """
-    config_path = os.path.join(run_dir, CONFIG_FILE)
-    weights_path = os.path.join(run_dir, WEIGHTS_FILE)
-    if not os.path.isfile(config_path):
-        raise RunError(f"{config_path!r} does not exist: {run_dir!r} is not a run folder. Give "
-                       f"the out_dir of a run of train.py.")
-    try:
-        config = read_json(config_path)
-        assert int(config["latent_dim"]) > 0 and len(image_shape_of(config)) == 3
-        assert not config.get("conditional") or len(config["data"]["class_names"]) > 0
-    except (ValueError, KeyError, TypeError, AssertionError) as error:
-        raise RunError(f"{config_path!r} is not a valid run configuration ({error}). It may have "
-                       f"been edited by hand; train again or restore it.") from None
-    if not os.path.isfile(weights_path):
-        raise RunError(f"{weights_path!r} does not exist: the run in {run_dir!r} has not "
-                       f"finished. Run train.py with the same out_dir again to finish (resume) it.")
-    model = build_model(config)
-    try:
-        model.load_weights(weights_path)
-    except Exception as error:  # h5py and Keras raise many kinds for a bad or foreign file
-        raise RunError(
-            f"The weights in {weights_path!r} do not fit the model that {config_path!r} "
-            f"describes, or the file is damaged: "
-            f"{type(error).__name__}: {str(error).splitlines()[0][:300]}") from None
-    if not training_complete(run_dir, config.get("epochs", 0)):
-        done = len(read_history(os.path.join(run_dir, HISTORY_FILE)))
-        print(f"warning: the run in {run_dir!r} is unfinished ({done} of {config.get('epochs')} "
-              f"epochs): these are the numbers of an interrupted model. Run train.py with the "
-              f"same out_dir again to finish it.", file=sys.stderr)
-    return config, model
 
 
 def read_test_scores(run_dir):
@@ -269,3 +199,15 @@ def _make_and_lock(out_dir):
     if not lock_run_folder(out_dir):
         raise ConfigError(f"Another train.py is running in {out_dir!r}. Wait for it to end, or "
                           f"choose another --out_dir.")
+
+
+def require_same_data(run_dir, old_data, new_data):
+    """Refuse to resume or evaluate a run whose data has changed since it was trained (images
+    added to a folder would move between the splits; another size would not fit the model)."""
+    changed = [f"{key}: {old_data[key]!r} then, {new_data[key]!r} now" for key in new_data
+               if key in (old_data or {}) and old_data[key] != new_data[key]]
+    if changed:
+        raise ConfigError(
+            f"The data of the run in {run_dir!r} has changed since it was trained "
+            f"({'; '.join(changed)}). Restore the data, or train a new run in another --out_dir "
+            f"(or with --overwrite=True).")

@@ -1,5 +1,5 @@
-"""The warm-up/stable/decay learning rate, which Keras does not have (plumbing/optimizer.py
-chooses between it and Keras's own schedules).
+"""The schedules Keras lacks: the warm-up/stable/decay learning rate (plumbing/optimizer.py
+chooses between it and Keras's own schedules), and the KL warm-up of cvae.CVAE's loss.
 
 Written in keras.ops, so that it runs on every backend and inside the XLA-compiled update.
 """
@@ -38,3 +38,19 @@ class WarmupStableDecay(keras.optimizers.schedules.LearningRateSchedule):
         return {"learning_rate": self.learning_rate, "total_steps": self.total_steps,
                 "warmup_steps": self.warmup_steps, "cooldown_share": self.cooldown_share,
                 "final_fraction": self.final_fraction}
+
+
+def warmed_up_kl(kl, step_counter, warmup_steps):
+    """The KL term with its gradient weighted by beta, rising linearly from 0 to 1 over the first
+    warmup_steps training steps (Bowman et al. 2016, "Generating Sentences from a Continuous
+    Space"; Sonderby et al. 2016, "Ladder Variational Autoencoders"), so the encoder can spread
+    the classes apart before the prior pulls them in. Counts this step on step_counter.
+
+    Its value stays the KL itself, so the loss that Keras reports, the history and the divergence
+    check all see the negative ELBO, whatever beta is. The steps are counted in a variable of the
+    model's rather than read from the optimizer, whose iteration count is not part of the loss's
+    state on JAX (it would be traced as a constant).
+    """
+    step_counter.assign_add(1.0)
+    beta = ops.minimum(ops.convert_to_tensor(step_counter) / warmup_steps, 1.0)
+    return beta * kl + ops.stop_gradient((1.0 - beta) * kl)

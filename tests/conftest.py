@@ -1,7 +1,9 @@
-"""Shared test set-up and helpers: the project root on sys.path, quiet TensorFlow, small MNIST-like
-files and image folders, and train.py run as a user runs it."""
+"""Shared test set-up and helpers: the project root on sys.path, quiet TensorFlow, the --runslow
+option, one rule for a missing optional dependency, small MNIST-like files and image folders, and
+the short train.py runs that several modules share (each trained once per session)."""
 
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -19,6 +21,62 @@ sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def under_ci():
+    """CI is set, as .ci/run exports it (CI=true) and as CI services do."""
+    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+# ---- the fast tier and the full suite ------------------------------------------------------------
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False,
+                     help="also run the tests marked slow: the full suite, as CI runs it")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Without --runslow, the tests marked slow are skipped (pytest's documented recipe): the
+    default run is the fast tier."""
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: the full suite runs with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+# ---- optional dependencies: a skip with its reason, a failure under CI ---------------------------
+def missing(reason):
+    """What a test needs and the README's first command does not install (another backend,
+    Playwright, Chromium, the real MNIST file) is not here: outside CI the test is skipped with
+    the reason; under CI, which installs everything, it fails, since a skip there is a check
+    lost."""
+    if under_ci():
+        pytest.fail(f"{reason} (under CI a missing dependency fails its tests)", pytrace=False)
+    pytest.skip(reason)
+
+
+# The package each Keras backend needs, and the requirements file that installs it.
+BACKEND_PACKAGES = {"tensorflow": ("tensorflow", "requirements.txt"),
+                    "jax": ("jax", "requirements-jax.txt"),
+                    "torch": ("torch", "requirements-torch.txt")}
+
+
+def require_module(name, install):
+    """Skip (fail under CI) unless the Python package name can be imported; install: how to get
+    it. Looked up without importing it, so that another backend is never loaded here."""
+    if importlib.util.find_spec(name) is None:
+        missing(f"{name} is not installed: {install}")
+
+
+def require_backend(backend):
+    package, requirements = BACKEND_PACKAGES[backend]
+    require_module(package, f"pip install -r {requirements} to run the test on {backend}")
+
+
+def require_file(path, what, how):
+    if not os.path.exists(path):
+        missing(f"{what} not found at {path}; {how}")
+
+
 # ---- skips: CI fails on one the README does not list ---------------------------------------------
 _skipped = []
 
@@ -32,7 +90,7 @@ def pytest_runtest_logreport(report):
 def pytest_sessionfinish(session, exitstatus):
     """Under CI, a skip whose reason the README's list of skips by design does not give fails
     the run: a test that silently stopped running is a check lost."""
-    if not os.environ.get("CI") or not _skipped:
+    if not under_ci() or not _skipped:
         return
     with open(os.path.join(ROOT, "README.md")) as f:
         listed = re.findall(r"^- skipped: `([^`]+)`", f.read(), re.M)
@@ -67,13 +125,9 @@ def fake_mnist_path(tmp_path):
 def real_mnist_path():
     """The real MNIST file: $MNIST_PATH, else ../shared/data/mnist.npz beside the project. On a
     fresh clone without it, the tests that need real digits are skipped; under CI (CI set), a
-    missing file fails them: a skip there would hide the only learning check."""
+    missing file fails them (missing): a skip there would hide the only learning check."""
     path = os.environ.get("MNIST_PATH") or os.path.join(ROOT, "..", "shared", "data", "mnist.npz")
-    if not os.path.exists(path):
-        message = f"real MNIST not found at {path}; set MNIST_PATH to run this test"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_file(path, "real MNIST", "set MNIST_PATH to run this test")
     return path
 
 
@@ -83,17 +137,64 @@ def run_script(script, *arguments, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
+# ---- the short runs that several modules use: each trained once per session ----------------------
+# Those of finished_run: two epochs of 4 steps on 100 of the 120 made-up digits.
+FINISHED_RUN_SETTINGS = ["--epochs=2", "--batch_size=32", "--train_subset=100",
+                         "--warmup_steps=2"]
+
+
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory):
-    """One short run of train.py on a small fake MNIST file: (out_dir, data_path, result)."""
+    """One short run of train.py on a small fake MNIST file: (out_dir, data_path, result). The
+    fast tier's one end-to-end run of train.py."""
     folder = tmp_path_factory.mktemp("finished_run")
     data_path = str(folder / "mnist.npz")
     np.savez(data_path, **fake_mnist_arrays())
     out_dir = folder / "run"
     result = run_script("train.py", f"--data_path={data_path}", f"--out_dir={out_dir}",
-                        "--epochs=1", "--batch_size=32", "--train_subset=100", "--warmup_steps=2")
+                        *FINISHED_RUN_SETTINGS)
     assert result.returncode == 0, result.stderr[-3000:]
     return out_dir, data_path, result
+
+
+@pytest.fixture(scope="session")
+def rgb_run(tmp_path_factory):
+    """One short RGB run: 32x32 coloured squares in two class folders (RUN/../squares/a and b),
+    the strided architecture, three latent dimensions. The run folder."""
+    folder = tmp_path_factory.mktemp("rgb_run")
+    for name, seed in (("a", 1), ("b", 2)):
+        write_images(folder / "squares" / name, coloured_squares(30, seed=seed))
+    result = run_script("train.py", f"--dataset={folder / 'squares'}", "--architecture=strided",
+                        f"--out_dir={folder / 'run'}", "--epochs=1", "--batch_size=16",
+                        "--warmup_steps=2", "--latent_dim=3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder / "run"
+
+
+@pytest.fixture(scope="session")
+def conditional_run(tmp_path_factory):
+    """One short conditional run on a small fake MNIST file: (out_dir, data_path)."""
+    folder = tmp_path_factory.mktemp("conditional_run")
+    data_path = folder / "mnist.npz"
+    np.savez(data_path, **fake_mnist_arrays())
+    result = run_script("train.py", f"--data_path={data_path}", f"--out_dir={folder / 'run'}",
+                        "--epochs=1", "--batch_size=16", "--warmup_steps=2", "--conditional=True")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder / "run", str(data_path)
+
+
+def folder_contents(folder):
+    """Every file under folder, by its path relative to it: (bytes, modification time in ns).
+    The empty .lock file, which every train.py opens anew, aside."""
+    contents = {}
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            if name == ".lock":
+                continue
+            path = os.path.join(parent, name)
+            with open(path, "rb") as f:
+                contents[os.path.relpath(path, folder)] = (f.read(), os.stat(path).st_mtime_ns)
+    return contents
 
 
 # ---- files the tests write -----------------------------------------------------------------------
@@ -177,7 +278,7 @@ def numpy_negative_elbo(run_dir, data_path, eval_seed=0, x=None):
     eval_seed (an int, or a list of them) seeds, and the formulas written out here (Bernoulli
     pixels clipped 1e-7 from 0 and 1; the Gaussian KL)."""
     from data import load_mnist
-    from plumbing.run_folder import load_run
+    from saved_run import load_run
 
     _, model = load_run(str(run_dir))
     if x is None:
@@ -190,3 +291,12 @@ def numpy_negative_elbo(run_dir, data_path, eval_seed=0, x=None):
     reconstruction = -np.sum(x * np.log(p) + (1 - x) * np.log(1 - p), axis=(1, 2, 3))
     kl = 0.5 * np.sum(z_mean**2 + np.exp(z_log_var) - 1 - z_log_var, axis=1)
     return reconstruction, kl, z_mean
+
+
+def read_train_config(argv):
+    """train.py's hyperparameters with the overrides of argv, checked as `python train.py` checks
+    them (without loading Keras)."""
+    import train
+    from plumbing.train_config import read_config
+
+    return read_config(train.HYPERPARAMETERS, train.__annotations__, argv)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import measures
+import anomaly as anomaly_detection
 from benchmarks.inspection_set import DEFECTS, write_inspection_set
 from conftest import ROOT, coloured_squares, fake_mnist_arrays, run_script
 from data import load_dataset
@@ -35,9 +35,10 @@ def test_average_precision_and_f1_max_match_brute_force():
     scores[positive] += 0.8
     precision, recall, thresholds = brute_force_curve(scores, positive)
     expected_ap = np.sum(np.diff(np.r_[0.0, recall]) * precision)
-    assert measures.average_precision(scores, positive) == pytest.approx(expected_ap, abs=1e-12)
+    average_precision = anomaly_detection.average_precision(scores, positive)
+    assert average_precision == pytest.approx(expected_ap, abs=1e-12)
     f1 = 2 * precision * recall / (precision + recall)
-    best, threshold = measures.f1_max(scores, positive)
+    best, threshold = anomaly_detection.f1_max(scores, positive)
     assert best == pytest.approx(f1.max(), abs=1e-12)
     assert threshold == thresholds[np.argmax(f1)]
 
@@ -49,10 +50,10 @@ def test_aupro_of_perfect_and_of_uninformative_maps():
     masks[1, 10:18, 4:7] = 1
     masks[1, 1:3, 15:19] = 1  # a second region in the same image counts on its own
     perfect = masks + 0.01 * rng.random(masks.shape)
-    assert measures.aupro(perfect, masks) == pytest.approx(1.0, abs=1e-9)
+    assert anomaly_detection.aupro(perfect, masks) == pytest.approx(1.0, abs=1e-9)
     # A map unrelated to the defects: each region's overlap follows the false-positive rate,
     # so the normalised area up to 0.3 is about 0.15.
-    assert measures.aupro(rng.random(masks.shape), masks) == pytest.approx(0.15, abs=0.04)
+    assert anomaly_detection.aupro(rng.random(masks.shape), masks) == pytest.approx(0.15, abs=0.04)
 
 
 def test_aupro_matches_an_independent_sweep_over_every_threshold():
@@ -72,7 +73,8 @@ def test_aupro_matches_an_independent_sweep_over_every_threshold():
     pro = np.array([np.mean([np.mean(region > level) for region in regions]) for level in levels])
     keep = fpr <= 0.3
     expected = np.trapezoid(pro[keep], fpr[keep]) / 0.3
-    assert measures.aupro(maps, masks, thresholds=2000) == pytest.approx(expected, abs=0.01)
+    aupro = anomaly_detection.aupro(maps, masks, thresholds=2000)
+    assert aupro == pytest.approx(expected, abs=0.01)
 
 
 def test_aupro_with_tied_pixels_matches_the_sweep_over_every_threshold():
@@ -88,7 +90,7 @@ def test_aupro_with_tied_pixels_matches_the_sweep_over_every_threshold():
     # The exact curve is piecewise linear between operating points: its area up to 0.3.
     grid = np.linspace(0, 0.3, 3001)
     expected = np.trapezoid(np.interp(grid, fpr, pro), grid) / 0.3
-    assert measures.aupro(maps, masks) == pytest.approx(expected, abs=2e-3)
+    assert anomaly_detection.aupro(maps, masks) == pytest.approx(expected, abs=2e-3)
 
 
 # ---- the folder ----------------------------------------------------------------------------------
@@ -164,17 +166,18 @@ def test_an_inspection_run_reports_image_and_pixel_metrics_and_keeps_its_thresho
     kept = json.loads((run_dir / "anomaly_threshold.json").read_text())
     assert kept == anomaly["threshold"]
     # Recompute what the run reported from its own scorer and data, independently.
-    from cvae import build_anomaly_scorer
-    from plumbing.run_folder import load_run
+    from anomaly import build_anomaly_scorer
+    from saved_run import load_run
 
     _, model = load_run(str(run_dir))
     data = load_dataset(root)
     scorer = build_anomaly_scorer(model.encoder, model.decoder)
-    val_scores, _ = measures.anomaly_scores(scorer, data.x_val)
-    test_scores, _ = measures.anomaly_scores(scorer, data.x_test)
+    val_scores, _ = anomaly_detection.anomaly_scores(scorer, data.x_val)
+    test_scores, _ = anomaly_detection.anomaly_scores(scorer, data.x_test)
     assert kept["image_threshold"] == pytest.approx(np.percentile(val_scores, 99), rel=1e-6)
     is_defect = data.y_test > 0
-    assert anomaly["image_auroc"] == pytest.approx(measures.auroc(test_scores, is_defect), 1e-9)
+    assert anomaly["image_auroc"] == pytest.approx(
+        anomaly_detection.auroc(test_scores, is_defect), 1e-9)
     flagged = test_scores > kept["image_threshold"]
     assert anomaly["flagged_good"] == pytest.approx(np.mean(flagged[~is_defect]))
     assert anomaly["flagged_defective"] == pytest.approx(np.mean(flagged[is_defect]))
@@ -182,7 +185,7 @@ def test_an_inspection_run_reports_image_and_pixel_metrics_and_keeps_its_thresho
     for kind, values in anomaly["per_defect"].items():
         keep = (data.y_test == 0) | (data.y_test == data.class_names.index(kind))
         assert values["image_auroc"] == pytest.approx(
-            measures.auroc(test_scores[keep], is_defect[keep]), abs=1e-9)
+            anomaly_detection.auroc(test_scores[keep], is_defect[keep]), abs=1e-9)
         assert {"pixel_auroc", "pixel_aupro", "image_aupr", "image_f1_max"} <= set(values)
     for figure in ("anomaly_roc.png", "anomaly_histograms.png", "anomaly_overlays.png"):
         assert (run_dir / figure).stat().st_size > 10_000, figure
@@ -212,8 +215,8 @@ def export_and_compare(run_dir, x):
     """Export the run's scorer, and compare onnxruntime's outputs on x with the Keras scorer's."""
     import onnxruntime
 
-    from cvae import build_anomaly_scorer
-    from plumbing.run_folder import load_run
+    from anomaly import build_anomaly_scorer
+    from saved_run import load_run
 
     result = run_script("export.py", str(run_dir))
     assert result.returncode == 0, result.stderr[-3000:]

@@ -19,7 +19,12 @@ def test_overrides_are_parsed_to_the_defaults_types():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--epoch=3"], "Unknown hyperparameter 'epoch'"),
+    (["--epoch=3"], "Unknown hyperparameter 'epoch'. Did you mean 'epochs'?"),
+    (["--learning-rate=0.1"], "Did you mean 'learning_rate'?"),
+    (["--zzz=1"], r"Unknown hyperparameter 'zzz'. Known ones: data_path, epochs"),
+    (["--epochs", "3"], "Write --epochs=3: a setting's value follows '='"),
+    (["--epochs"], "Write --epochs=VALUE, for example --epochs=10"),
+    (["--epoch", "3"], "Did you mean 'epochs'?"),
     (["--epochs=three"], "expected an integer"),
     (["--epochs=2.5"], "expected an integer"),
     (["--learning_rate=fast"], "expected a finite number"),

@@ -17,7 +17,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from conftest import ROOT, fake_mnist_arrays, reserved_port, run_script, start_train
+from conftest import (
+    ROOT,
+    fake_mnist_arrays,
+    read_train_config,
+    reserved_port,
+    run_script,
+    start_train,
+)
 
 BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
 needs_data_parallel = pytest.mark.skipif(
@@ -79,13 +86,12 @@ def read_history(out_dir):
 
 
 def test_bad_distribute_values_are_refused_in_one_paragraph():
-    import train
     from plumbing.errors import ConfigError
 
     with pytest.raises(ConfigError, match="distribute must be None .* or data_parallel"):
-        train.read_config(["--distribute=model_parallel"])
+        read_train_config(["--distribute=model_parallel"])
     with pytest.raises(ConfigError, match="virtual_devices must be None or at least 1"):
-        train.read_config(["--distribute=data_parallel", "--virtual_devices=0"])
+        read_train_config(["--distribute=data_parallel", "--virtual_devices=0"])
 
 
 @pytest.mark.backend

@@ -5,9 +5,10 @@ import shutil
 import numpy as np
 import pytest
 
+from anomaly import auroc, roc_curve
 from conftest import run_script
 from evaluate import EVALUATION_DEFAULTS, manifold_grid, scaled_to_run
-from measures import auroc, importance_weighted_bound, latent_activity, roc_curve
+from measures import importance_weighted_bound, latent_activity
 
 
 def brute_force_auroc(scores, is_positive):

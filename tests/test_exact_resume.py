@@ -5,6 +5,7 @@ recording.KeyedRandomness); the weights and the optimizer's state come back from
 """
 
 import csv
+import os
 import signal
 
 import h5py
@@ -12,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import fake_mnist_arrays, run_script, start_train
+from conftest import backed_up_epochs, fake_mnist_arrays, run_script, start_train
 
 pytestmark = [pytest.mark.slow, pytest.mark.backend]
 
@@ -59,9 +60,16 @@ def test_a_run_killed_after_each_epoch_and_resumed_is_the_uninterrupted_run(tmp_
         process = start_train(arguments, stop_at=f"SIGKILL@{epoch}.1")
         stdout, stderr = process.communicate(timeout=600)
         assert process.returncode == -signal.SIGKILL, stderr[-3000:]
+        # Killed without warning: what the backup and history.csv hold is every epoch done.
+        assert backed_up_epochs(resumed) == epoch - 1
+        assert [int(row["epoch"]) for row in history(resumed)] == list(range(epoch - 1))
+        assert not (resumed / "metrics.json").exists()
     result = run_script("train.py", *arguments)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 epoch(s) already done" in result.stdout
+    # Finished: the backup removed, and no temporary file of a write the kills cut short.
+    assert not (resumed / "backup").exists()
+    assert not [name for name in os.listdir(resumed) if ".tmp" in name]
 
     assert history(resumed) == history(uninterrupted)
     expected, got = weights(uninterrupted), weights(resumed)

@@ -31,12 +31,12 @@ def test_the_sampling_layer_draws_with_the_standard_deviation_exp_half_log_var()
     np.testing.assert_allclose(z.std(axis=0), [0.5, 2.0], rtol=0.03)
 
 
-def test_elbo_from_encoding_matches_numpy(model_and_images):
+def test_negative_elbo_terms_from_encoding_match_numpy(model_and_images):
     model, x = model_and_images
     z_mean, z_log_var = measures.encode(model, x)
     epsilon = np.random.default_rng(4).standard_normal(z_mean.shape)
-    reconstruction, kl = measures.elbo_from_encoding(model, x, z_mean, z_log_var, None,
-                                                     epsilon=epsilon)
+    reconstruction, kl = measures.negative_elbo_terms_from_encoding(
+        model, x, z_mean, z_log_var, None, epsilon=epsilon)
     z = (z_mean + np.exp(0.5 * z_log_var.astype(np.float64)) * epsilon).astype("float32")
     expected = numpy_reconstruction(x, model.decoder.predict(z, verbose=0))
     np.testing.assert_allclose(reconstruction, expected, rtol=1e-5)

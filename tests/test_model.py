@@ -3,17 +3,17 @@ import numpy as np
 import pytest
 from keras import layers, ops
 
-from cvae import (
+from cvae import build_cvae
+from plumbing.arrays import MNIST_IMAGE_SHAPE
+from plumbing.model_size import (
     ARCHITECTURES,
-    MAX_ARTICLE_PARAMETERS,
+    MAX_PARAMETERS,
     architecture_problem,
-    build_cvae,
     forward_flops_per_image,
     parameter_count,
     strided_halvings,
     training_gflops_per_image,
 )
-from plumbing.arrays import MNIST_IMAGE_SHAPE
 
 # The model and its loss must be the same on every Keras backend.
 pytestmark = pytest.mark.backend
@@ -142,7 +142,7 @@ def test_strided_needs_even_sides():
 def test_oversized_article_model_points_to_the_strided_one():
     shape = (128, 128, 3)
     article = parameter_count(shape, 2, "article")
-    assert article > MAX_ARTICLE_PARAMETERS  # so this test never builds it
+    assert article > MAX_PARAMETERS  # so this test never builds it
     problem = architecture_problem(shape, 2, "article")
     assert f"{article:,}" in problem and "--architecture=strided" in problem
     assert f"{parameter_count(shape, 2, 'strided'):,}" in problem

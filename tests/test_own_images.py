@@ -85,7 +85,7 @@ def test_the_strided_architecture_on_64x64_rgb_images(tmp_path):
     write_images(folder / "more_squares", coloured_squares(24, size=64, seed=2), ".jpg")
     out_dir = tmp_path / "run"
     result = train(out_dir, f"--dataset={folder}", "--architecture=strided", "--latent_dim=4")
-    from cvae import parameter_count
+    from plumbing.model_size import parameter_count
 
     assert f"CVAE (strided): {parameter_count((64, 64, 3), 4, 'strided'):,} parameters" in \
         result.stdout

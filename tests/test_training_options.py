@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import fake_mnist_arrays, numpy_negative_elbo, run_script
+from conftest import fake_mnist_arrays, numpy_negative_elbo, read_train_config, run_script
 from cvae import build_cvae, wide_dense_kernels
 from data import load_dataset
 from plumbing.errors import ExplainedError
@@ -85,14 +85,16 @@ def test_the_held_out_images_are_binarized_once(tmp_path):
     path = tmp_path / "mnist.npz"
     np.savez(path, **fake_mnist_arrays())
     grey = load_dataset("mnist", str(path))
-    static = grey.binarized("static", seed=0)
+    static = grey.with_binarized_held_out("static", seed=0)
     np.testing.assert_array_equal(static.x_test, (grey.x_test > 0.5).astype("float32"))
     np.testing.assert_array_equal(static.x_train, grey.x_train)  # the model binarizes these
-    dynamic = grey.binarized("dynamic", seed=0)
-    np.testing.assert_array_equal(dynamic.x_test, grey.binarized("dynamic", seed=0).x_test)
+    dynamic = grey.with_binarized_held_out("dynamic", seed=0)
+    again = grey.with_binarized_held_out("dynamic", seed=0)
+    np.testing.assert_array_equal(dynamic.x_test, again.x_test)
     assert set(np.unique(dynamic.x_test)) == {0.0, 1.0}
     assert abs(dynamic.x_test.mean() - grey.x_test.mean()) < 0.01
-    assert not np.array_equal(dynamic.x_test, grey.binarized("dynamic", seed=1).x_test)
+    other_seed = grey.with_binarized_held_out("dynamic", seed=1)
+    assert not np.array_equal(dynamic.x_test, other_seed.x_test)
 
 
 def test_binarizing_colour_images_is_refused(tmp_path):
@@ -100,7 +102,7 @@ def test_binarizing_colour_images_is_refused(tmp_path):
 
     write_images(tmp_path / "pics", coloured_squares(12, size=8))
     with pytest.raises(ExplainedError, match="binarize='static' is for grey images"):
-        load_dataset(str(tmp_path / "pics")).binarized("static", seed=0)
+        load_dataset(str(tmp_path / "pics")).with_binarized_held_out("static", seed=0)
 
 
 def test_the_validation_split_comes_out_of_the_training_images(tmp_path):
@@ -136,8 +138,8 @@ def test_a_binarized_run_with_a_validation_split_reports_it_and_exports_a_thresh
     assert config["data"]["validation_images"] == 50
     metrics = json.loads((out_dir / "metrics.json").read_text())
 
-    data = load_dataset("mnist", str(data_path)).with_validation(50, seed=0).binarized(
-        "static", seed=0)
+    data = load_dataset("mnist", str(data_path)).with_validation(50, seed=0)
+    data = data.with_binarized_held_out("static", seed=0)
     reconstruction, kl, _ = numpy_negative_elbo(out_dir, data_path, eval_seed=[0, 1],
                                                 x=data.x_val)
     assert metrics["validation_negative_elbo"] == pytest.approx(
@@ -233,22 +235,27 @@ def test_the_kl_warm_up_counts_every_step_and_ends_on_the_elbo():
     assert keras.ops.convert_to_numpy(model.kl_warmup_step) == 10
     # Past the warm-up the loss is the plain negative ELBO, gradient and all.
     kl = keras.ops.convert_to_tensor(np.float32(7.0))
-    assert keras.ops.convert_to_numpy(model._warmed_up(kl, training=True)) == 7.0
+    from plumbing.schedules import warmed_up_kl
+
+    weighted = warmed_up_kl(kl, model.kl_warmup_step, model.kl_warmup_steps)
+    assert keras.ops.convert_to_numpy(weighted) == 7.0
     assert model.count_params() == small_model().count_params() + 1
     assert len(small_model().weights) + 1 == len(model.weights)
 
 
-def test_cooldown_share_sets_where_the_compiled_schedule_starts_its_decay(fake_mnist_path):
-    import contextlib
+def test_cooldown_share_sets_where_the_compiled_schedule_starts_its_decay():
+    from plumbing.optimizer import make_optimizer
+    from plumbing.training_run import run_steps
 
-    import train
-    from data import load_dataset_of_run
-
-    config = train.read_config([f"--data_path={fake_mnist_path}", "--epochs=10",
-                                "--batch_size=12", "--warmup_steps=5", "--cooldown_share=0.7"])
-    data = load_dataset_of_run(config)
-    model, _ = train.build_and_compile(config, data, 1, distributed=contextlib.nullcontext)
-    schedule = model.optimizer._learning_rate  # the schedule itself; learning_rate is its value
+    config = read_train_config(["--epochs=10", "--batch_size=12", "--warmup_steps=5",
+                                "--cooldown_share=0.7"])
+    steps = run_steps(config, images_per_epoch=120)
+    assert steps == {"total": 100, "warmup": 5, "kl_warmup": 0}
+    optimizer = make_optimizer(
+        config["optimizer"], config["learning_rate"], total_steps=steps["total"],
+        warmup_steps=steps["warmup"], schedule=config["lr_schedule"],
+        cooldown_share=config["cooldown_share"])
+    schedule = optimizer._learning_rate  # the schedule itself; learning_rate is its value
     # 120 images in batches of 12: 100 steps, the peak held from step 5 to step 30.
     rates = [float(keras.ops.convert_to_numpy(schedule(step))) for step in (20, 30, 31, 65)]
     assert rates[:2] == pytest.approx([1e-3, 1e-3])
@@ -256,14 +263,14 @@ def test_cooldown_share_sets_where_the_compiled_schedule_starts_its_decay(fake_m
 
 
 def test_a_run_from_before_these_options_still_resumes(tmp_path):
-    import train
     from plumbing import run_folder
     from plumbing.atomic_files import write_json
     from plumbing.errors import ConfigError
+    from plumbing.train_config import BEFORE_IT_EXISTED
 
     def older_run(folder):
         """A folder holding the config.json of a run made before these options existed."""
-        config = train.read_config([f"--out_dir={folder}"])
+        config = read_train_config([f"--out_dir={folder}"])
         folder.mkdir()
         write_json(str(folder / run_folder.CONFIG_FILE), {
             key: value for key, value in config.items() if key not in (
@@ -274,13 +281,13 @@ def test_a_run_from_before_these_options_still_resumes(tmp_path):
     # It trained without weight decay and cooled down over the last fifth: resumed with those
     # values, refused with the new defaults, which would change it halfway.
     same = older_run(tmp_path / "same")
-    config = train.read_config([f"--out_dir={same}", "--weight_decay=0", "--cooldown_share=0.2"])
-    assert run_folder.prepare_out_dir(same, config, train.BEFORE_IT_EXISTED) is True
+    config = read_train_config([f"--out_dir={same}", "--weight_decay=0", "--cooldown_share=0.2"])
+    assert run_folder.prepare_out_dir(same, config, BEFORE_IT_EXISTED) is True
     other = older_run(tmp_path / "other")
-    default = train.read_config([f"--out_dir={other}"])
+    default = read_train_config([f"--out_dir={other}"])
     with pytest.raises(ConfigError, match="cooldown_share: 0.2 there, 0.4 now; weight_decay: "
                                           "0.0 there, 0.5 now.*Pass the values"):
-        run_folder.prepare_out_dir(other, default, train.BEFORE_IT_EXISTED)
+        run_folder.prepare_out_dir(other, default, BEFORE_IT_EXISTED)
 
 
 def test_new_images_are_seen_as_a_binarized_run_saw_its_own():

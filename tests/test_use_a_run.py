@@ -98,7 +98,7 @@ def test_score_files_folders_and_arrays_and_reports_what_it_cannot_read(finished
 
     from data import load_mnist
     from measures import encode
-    from plumbing.run_folder import load_run
+    from saved_run import load_run
 
     _, model = load_run(str(run))
     _, (x_test, _) = load_mnist(data_path)
@@ -175,7 +175,7 @@ def test_a_conditional_run_draws_and_scores_the_class_asked_for(conditional_run,
                         f"--out_dir={tmp_path / 'sevens'}")
     assert result.returncode == 0, result.stderr[-2000:]
     # The saved images are the decoder's, for the seed's draws and class 7; class 3 differs.
-    from plumbing.run_folder import load_run
+    from saved_run import load_run
 
     _, model = load_run(str(run))
     z = np.random.default_rng(0).standard_normal((5, 2)).astype("float32")

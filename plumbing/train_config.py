@@ -1,0 +1,67 @@
+"""train.py's command line: its hyperparameters with the --name=value overrides applied, each
+checked against its rule before anything loads, so that nothing starts on a value that would
+fail an hour later.
+
+The hyperparameters themselves, with their types, defaults and comments, are declared once, at
+the top of train.py.
+"""
+
+import os
+
+from plumbing.arrays import KERAS_DATASETS
+from plumbing.command_line import check_rules, parse_overrides
+from plumbing.devices import DISTRIBUTIONS
+from plumbing.errors import require
+from plumbing.optimizer import LR_SCHEDULES, OPTIMIZERS
+from plumbing.precision import PRECISIONS
+
+# What a run made before a hyperparameter existed did, where that is not None (resuming it).
+BEFORE_IT_EXISTED = {"weight_decay": 0.0, "kl_warmup_steps": 0, "cooldown_share": 0.2}
+# What each hyperparameter may be: (name, test, what is allowed).
+RULES = (
+    ("image_size", lambda value: value is None or 4 <= value <= 2048,
+     "None or 4 to 2048 pixels"),
+    ("channels", lambda value: value in (None, 1, 3), "None, 1 (grey) or 3 (RGB)"),
+    ("test_fraction", lambda value: 0 < value < 1, "between 0 and 1"),
+    ("binarize", lambda value: value in (None, "static", "dynamic"),
+     "None (grey pixels), static or dynamic"),
+    ("architecture", lambda value: value in ("article", "strided"), "article or strided"),
+    ("epochs", lambda value: value > 0, "at least 1"),
+    ("batch_size", lambda value: value > 0, "at least 1"),
+    ("latent_dim", lambda value: value > 0, "at least 1"),
+    ("learning_rate", lambda value: value > 0, "positive"),
+    ("warmup_steps", lambda value: value >= 0, "0 or more"),
+    ("kl_warmup_steps", lambda value: value >= 0, "0 (off) or more"),
+    ("train_subset", lambda value: value is None or value > 0, "None or at least 1"),
+    ("validation_images", lambda value: value is None or value > 0, "None or at least 1"),
+    ("ema_momentum", lambda value: value is None or 0 < value < 1,
+     "None (no averaging) or between 0 and 1, such as 0.999"),
+    ("weight_decay", lambda value: value >= 0, "0 or more"),
+    ("seed", lambda value: 0 <= value < 2**32, "in 0 .. 2**32 - 1"),
+    ("precision", lambda value: value in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+    ("optimizer", lambda value: value in OPTIMIZERS,
+     f"one of {', '.join(sorted(OPTIMIZERS))}"),
+    ("lr_schedule", lambda value: value in LR_SCHEDULES, f"one of {', '.join(LR_SCHEDULES)}"),
+    ("cooldown_share", lambda value: 0 < value <= 1, "above 0 and at most 1, such as 0.4"),
+    ("distribute", lambda value: value in DISTRIBUTIONS, "None (one device) or data_parallel"),
+    ("virtual_devices", lambda value: value is None or value >= 1, "None or at least 1"),
+)
+
+
+def read_config(hyperparameters, types, argv, source=None):
+    """The hyperparameters with the command line's overrides, checked against RULES. types: the
+    type of each hyperparameter, as train.py annotates it (what a None default may become)."""
+    config = parse_overrides(hyperparameters, argv, types, source=source)
+    for key in ("data_path",) + (() if config["dataset"] in KERAS_DATASETS else ("dataset",)):
+        if config[key] is not None:
+            # Absolute, so that evaluate.py finds the data from any folder.
+            config[key] = os.path.abspath(config[key])
+    require(config["data_path"] is None or config["dataset"] in KERAS_DATASETS,
+            f"data_path is the local copy of a named dataset ({', '.join(KERAS_DATASETS)}); "
+            f"for your own .npz or folder, pass its path as --dataset instead.")
+    check_rules(config, RULES)
+    require(config["learning_rate"] * config["weight_decay"] < 1,
+            f"weight_decay={config['weight_decay']} at learning_rate={config['learning_rate']} "
+            f"would take more than the whole of each weight at every step; their product must be "
+            f"below 1 (0.1 to 1 is a typical weight_decay at the default rate).")
+    return config
