@@ -99,7 +99,6 @@ def evaluate_run(model, config, data, run_dir, settings=None):
 # ---- the numbers ---------------------------------------------------------------------------------
 def test_metrics(model, config, data, settings, rng):
     """(metrics, each test image's negative ELBO, each one's z_mean)."""
-    import anomaly
     import measures
 
     x_test, y_test = data.x_test, data.y_test
@@ -118,6 +117,8 @@ def test_metrics(model, config, data, settings, rng):
     metrics["conditional"] = bool(model.conditional)  # the scores are then -log p(x|y)
     if config.get("holdout_class") is not None:
         # Anomaly detection: how well the score tells the held-out class from the others.
+        import anomaly
+
         holdout = data.class_index(config["holdout_class"])
         metrics["holdout_class"] = data.caption(holdout)
         metrics["auroc"] = anomaly.auroc(scores, y_test == holdout)
@@ -238,7 +239,6 @@ def interpolations(model, shown_mean, shown_labels, pairs, image_shape):
 
 def draw_figures(figures, data, z_mean, scores, metrics, history, run_dir):
     """Draw every figure of the evaluation from arrays already computed."""
-    import anomaly
     import plotting
     from plumbing.run_folder import RECONSTRUCTIONS_FILE
 
@@ -276,7 +276,9 @@ def draw_figures(figures, data, z_mean, scores, metrics, history, run_dir):
     plotting.plot_score_histogram(scores, is_held_out, path("score_histogram.png"),
                                   metrics.get("holdout_class"))
     if is_held_out is not None:
-        fpr, tpr = anomaly.roc_curve(scores, is_held_out)
+        from anomaly import roc_curve
+
+        fpr, tpr = roc_curve(scores, is_held_out)
         plotting.plot_roc(fpr, tpr, metrics["auroc"], metrics["holdout_class"], path("roc.png"))
 
 

@@ -255,18 +255,46 @@ def split_run_dir(argv, usage, default=None):
     return default, argv
 
 
+# What TensorFlow's libraries print while they load, before any log level applies: notices that
+# every machine without an NVIDIA driver, or with oneDNN on, sees at each start.
+LOAD_NOTICES = ("All log messages before absl::InitializeLog() is called",
+                "Could not find cuda drivers on your machine", "oneDNN custom operations are on")
+
+
 def quiet_tensorflow():
-    """Keep TensorFlow's start-up chatter out of the output (call before Keras is imported).
+    """Keep TensorFlow's start-up chatter out of the output, and load Keras.
 
     TF_CPP_MIN_LOG_LEVEL=2 hides its C++ INFO and WARNING lines (the CPU-feature guard, ...).
     Where no NVIDIA driver can be loaded, 3 also hides the ERROR that its CUDA build logs on
     every CPU-only machine ("failed call to cuInit"); with a driver, errors stay visible, as
-    they then say why a GPU is not used. A level the user set wins. What TensorFlow logs while
-    its libraries load (the absl pre-initialisation notice, "Could not find cuda drivers",
-    oneDNN's notice) ignores the level: only redirecting file descriptor 2 would hide it, which
-    would hide a failing import's own message too.
+    they then say why a GPU is not used. A level the user set wins. What TensorFlow's libraries
+    print while they load ignores the level (absl writes it before it is set up), so Keras is
+    imported here with file descriptor 2 caught, and everything caught but LOAD_NOTICES is
+    written out again: a warning that matters, or a failing import's own message, still shows.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2" if _nvidia_driver_loads() else "3")
+    if "keras" in sys.modules:
+        return
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            import keras  # loads its backend, TensorFlow unless KERAS_BACKEND says otherwise
+
+            if keras.backend.backend() == "tensorflow":
+                import tensorflow  # noqa: F401  (its libraries print as they load)
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            for line in caught.read().decode(errors="replace").splitlines(keepends=True):
+                if not any(notice in line for notice in LOAD_NOTICES):
+                    sys.stderr.write(line)
+            sys.stderr.flush()
 
 
 def _nvidia_driver_loads():

@@ -112,15 +112,14 @@ def test_quiet_tensorflow_keeps_what_the_user_set_and_hides_no_device(monkeypatc
     assert "CUDA_VISIBLE_DEVICES" not in os.environ and "TF_ENABLE_ONEDNN_OPTS" not in os.environ
 
 
-# What TensorFlow's C++ logs at start-up that the log level can hide. What it logs while its
-# libraries load ("All log messages before absl::InitializeLog()", "Could not find cuda
-# drivers", oneDNN's notice) ignores the level; plumbing/command_line.quiet_tensorflow says why.
+# What TensorFlow's C++ logs at start-up: hidden by the log level, or caught while its libraries
+# load (plumbing/command_line.quiet_tensorflow says why).
 HIDDEN_NOISE = ("cpu_feature_guard", "This TensorFlow binary is optimized",
-                "failed call to cuInit")
+                "failed call to cuInit", "absl::InitializeLog", "Could not find cuda drivers")
 
 
 @pytest.mark.slow
-def test_tensorflow_starts_without_the_noise_the_log_level_can_hide():
+def test_tensorflow_starts_without_its_start_up_noise():
     environment = {name: value for name, value in os.environ.items()
                    if name != "TF_CPP_MIN_LOG_LEVEL"}  # conftest sets it; the test is ours
     environment["KERAS_BACKEND"] = "tensorflow"
@@ -130,3 +129,20 @@ def test_tensorflow_starts_without_the_noise_the_log_level_can_hide():
                             text=True, timeout=300, env=environment)
     assert result.returncode == 0 and result.stdout == "started\n", result.stderr[-2000:]
     assert not [noise for noise in HIDDEN_NOISE if noise in result.stderr], result.stderr
+
+
+def test_what_keras_prints_while_it_loads_still_shows(tmp_path):
+    """Only the known notices are dropped: a module's own warning, written to file descriptor 2
+    while Keras loads, is written out again."""
+    (tmp_path / "keras.py").write_text(
+        "import os\nos.write(2, b'Could not find cuda drivers on your machine\\n')\n"
+        "os.write(2, b'a warning that matters\\n')\n"
+        "import types\nbackend = types.SimpleNamespace(backend=lambda: 'jax')\n")
+    code = "from plumbing.command_line import quiet_tensorflow; quiet_tensorflow()"
+    environment = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}",
+                   "KERAS_BACKEND": "jax"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60, env=environment)
+    assert result.returncode == 0, result.stderr
+    assert "a warning that matters" in result.stderr
+    assert "Could not find cuda drivers" not in result.stderr
