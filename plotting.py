@@ -21,174 +21,13 @@ import measures  # noqa: E402
 from plumbing.atomic_files import write_atomically, writing  # noqa: E402
 
 
-def _save(fig, path):
-    if writing():  # in a process that writes nothing (atomic_files), not even the folder
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    write_atomically(path, lambda temporary: fig.savefig(temporary, dpi=100, bbox_inches="tight"))
-    plt.close(fig)
-    return path
-
-
-def _show(ax, image):
-    """Draw one (h, w, 1) grey or (h, w, 3) RGB image, without ticks."""
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[-1] not in (1, 3):
-        raise ValueError(f"expected an image shaped (height, width, 1 or 3), got {image.shape}")
-    if image.shape[-1] == 1:
-        # vmin/vmax fixed so that a faint reconstruction looks faint instead of being
-        # stretched to full contrast.
-        ax.imshow(image[..., 0], cmap="gray", vmin=0.0, vmax=1.0)
-    else:
-        # imshow clips RGB floats itself, but warns on every image a decoder overshoots.
-        ax.imshow(np.clip(image, 0.0, 1.0))
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-def _fit(text, inches, fontsize):
-    """(text wrapped onto at most two lines, font size) that fit `inches` of width, shrinking the
-    font down to 6 pt first, so that a long class name never runs into its neighbour's."""
-    text = "" if text is None else str(text).strip()
-    if not text:
-        return "", fontsize
-    room = 0.95 * 72 * inches  # points, less a margin so that neighbours never touch
-
-    def points(line, size):  # the width the line takes when drawn in the default font
-        return TextPath((0, 0), line, size=size).get_extents().width
-
-    for size in range(fontsize, 5, -1):
-        characters = max(1, int(room * len(text) / points(text, size)))
-        lines = textwrap.wrap(text, characters, break_long_words=False)
-        if len(lines) <= 2 and all(points(line, size) <= room for line in lines):
-            return "\n".join(lines), size
-    return "\n".join(textwrap.wrap(text, characters)), size  # still too long: break words too
-
-
-def _panels(rows, row_names, path, titles=None, suptitle=None, panel_inches=1.15, fontsize=10):
-    """Rows of equally sized images, each row named on its left and each panel optionally
-    titled. Every panel is placed in inches from the image shape, so that panels sit a thin gap
-    apart whatever the height/width ratio and the captions have room above their row."""
-    n_rows, n_columns = len(rows), len(rows[0])
-    h, w = np.shape(rows[0][0])[:2]
-    # The shorter side gets panel_inches, so captions and row names keep their room whatever the
-    # shape; the longer side at most twice that, so a very long image does not make a huge figure.
-    inches_per_pixel = min(panel_inches / min(h, w), 2 * panel_inches / max(h, w))
-    width, height = w * inches_per_pixel, h * inches_per_pixel
-    # One font size for all row names, the largest at which the longest fits beside its row.
-    names = [_fit(name, height, fontsize) for name in row_names]
-    names = [_fit(name, height, min(size for _, size in names)) for name in row_names]
-    titles = [[_fit(text, width, fontsize) for text in row] for row in (titles or [[]] * n_rows)]
-    # Room for each row's titles: its tallest caption, in lines of its own font size, plus pad.
-    above = [max([(text.count("\n") + 1) * size * 1.3 / 72 + 0.1 for text, size in row if text],
-                 default=0.0) for row in titles]
-    gap = 0.06
-    between = gap + max(above[1:], default=0.0)
-    top = (0.4 if suptitle else 0.05) + above[0]
-    fig_width = n_columns * width + (n_columns - 1) * gap
-    fig_height = top + n_rows * height + (n_rows - 1) * between
-    fig = plt.figure(figsize=(fig_width, fig_height))
-    for r, images in enumerate(rows):
-        bottom = fig_height - top - r * (height + between) - height
-        for c, image in enumerate(images):
-            ax = fig.add_axes((c * (width + gap) / fig_width, bottom / fig_height,
-                               width / fig_width, height / fig_height))
-            _show(ax, image)
-            if c < len(titles[r]) and titles[r][c][0]:
-                ax.set_title(titles[r][c][0], fontsize=titles[r][c][1], pad=4)
-            if c == 0:
-                ax.set_ylabel(names[r][0], fontsize=names[r][1])
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=fontsize + 1, y=1 - 0.08 / fig_height, va="top")
-    return _save(fig, path)
-
-
+# ---- the article's figures -----------------------------------------------------------------------
 def plot_reconstructions(originals, reconstructions, captions, path, title=None):
     """Originals in the top row, each reconstruction directly below its original, each column
     titled with its caption (a class name; None or "" for none)."""
     return _panels((originals, reconstructions), ("original", "reconstruction"), path,
                    titles=[list(captions) if captions is not None else [], []],
                    suptitle=title)
-
-
-def plot_training_snapshot(originals, reconstructions, samples, epoch, path):
-    """One frame of the training movie: fixed test images, their reconstructions, and images
-    decoded from a fixed set of prior draws, so that frames differ only by what was learned."""
-    n = len(originals)
-    return _panels((originals, reconstructions, samples[:n]),
-                   ("test image", "reconstruction", "prior sample"), path,
-                   suptitle=f"after epoch {epoch}", fontsize=9)
-
-
-def plot_interpolations(rows_of_images, row_captions, path):
-    """One row per pair of test images: start, the decoded path through latent space, end."""
-    return _panels(rows_of_images, row_captions, path, panel_inches=0.85, fontsize=9,
-                   suptitle="Linear interpolation between the posterior means of two test images")
-
-
-def plot_typical_and_atypical(images, scores, captions, path, count=10):
-    """The test images with the lowest and the highest negative ELBO, titled with their class
-    name (if captions are given) and score."""
-    order = np.argsort(scores)
-    rows = (order[:count], order[::-1][:count])
-    titles = [[f"{captions[i]}: {scores[i]:.0f}" if captions is not None else f"{scores[i]:.0f}"
-               for i in indices] for indices in rows]
-    how = "class: score" if captions is not None else "score"
-    return _panels([images[indices] for indices in rows], ("most typical", "least typical"),
-                   path, titles=titles, fontsize=9,
-                   suptitle=f"Anomaly score = per-image negative ELBO in nats (title: {how})")
-
-
-def plot_explanation(image, reconstruction, uncertainty, pixel_loss, title, path):
-    """One scored image: the input, its reconstruction from z_mean, the per-pixel spread of
-    images decoded from q(z|x) (where the model is unsure), and the per-pixel loss (where the
-    score comes from), each map with its own colour scale."""
-    fig, axes = plt.subplots(1, 4, figsize=(11.5, 3.3))
-    _show(axes[0], image)
-    axes[0].set_title("input", fontsize=10)
-    _show(axes[1], reconstruction)
-    axes[1].set_title("reconstruction (z_mean)", fontsize=10)
-    for ax, values, name, cmap in (
-            (axes[2], uncertainty, "uncertainty: std over z ~ q(z|x)", "viridis"),
-            (axes[3], pixel_loss, "score per pixel (nats)", "magma")):
-        shown = ax.imshow(values, cmap=cmap, vmin=0.0)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_title(name, fontsize=10)
-        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
-    fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
-
-
-def save_image(image, path):
-    """One image (h, w, 1 or 3) in [0, 1] as a PNG of its own size, pixel for pixel."""
-    from PIL import Image
-
-    pixels = np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
-    picture = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
-    return write_atomically(path, lambda temporary: picture.save(temporary, format="PNG"))
-
-
-def save_gif(frame_paths, path, seconds_per_frame=0.7):
-    """Stitch PNG frames into an animated GIF (Pillow ships with matplotlib)."""
-    from PIL import Image
-
-    frames = [Image.open(p).convert("RGB") for p in frame_paths]
-    size = frames[0].size
-    frames = [f if f.size == size else f.resize(size) for f in frames]
-    return write_atomically(path, lambda temporary: frames[0].save(
-        temporary, format="GIF", save_all=True, append_images=frames[1:], loop=0,
-        duration=int(seconds_per_frame * 1000)))
-
-
-def _image_grid(images, rows, columns):
-    """(rows * columns, h, w, c) images -> one (rows * h, columns * w, c) mosaic, filled row by
-    row: image r * columns + c lands in block (r, c)."""
-    images = np.asarray(images)
-    n, h, w, channels = images.shape
-    if n != rows * columns:
-        raise ValueError(f"a {rows}x{columns} grid needs {rows * columns} images, got {n}")
-    grid = images.reshape(rows, columns, h, w, channels)
-    return grid.transpose(0, 2, 1, 3, 4).reshape(rows * h, columns * w, channels)
 
 
 def plot_latent_space(z_mean, labels, class_names, dims, path, title):
@@ -271,6 +110,26 @@ def plot_learning_curves(history, path, held_out="test"):
     return _save(fig, path)
 
 
+# ---- more of a run's figures ---------------------------------------------------------------------
+def plot_interpolations(rows_of_images, row_captions, path):
+    """One row per pair of test images: start, the decoded path through latent space, end."""
+    return _panels(rows_of_images, row_captions, path, panel_inches=0.85, fontsize=9,
+                   suptitle="Linear interpolation between the posterior means of two test images")
+
+
+def plot_typical_and_atypical(images, scores, captions, path, count=10):
+    """The test images with the lowest and the highest negative ELBO, titled with their class
+    name (if captions are given) and score."""
+    order = np.argsort(scores)
+    rows = (order[:count], order[::-1][:count])
+    titles = [[f"{captions[i]}: {scores[i]:.0f}" if captions is not None else f"{scores[i]:.0f}"
+               for i in indices] for indices in rows]
+    how = "class: score" if captions is not None else "score"
+    return _panels([images[indices] for indices in rows], ("most typical", "least typical"),
+                   path, titles=titles, fontsize=9,
+                   suptitle=f"Anomaly score = per-image negative ELBO in nats (title: {how})")
+
+
 def plot_score_histogram(scores, is_held_out, path, holdout_name=None):
     """Histogram of per-image scores; the held-out class, if any, drawn apart as a density."""
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
@@ -311,7 +170,58 @@ def plot_roc(fpr, tpr, auc, holdout_name, path):
     return _save(fig, path)
 
 
-# ---- anomaly detection on labelled defects -----------------------------------------------------
+def plot_explanation(image, reconstruction, uncertainty, pixel_loss, title, path):
+    """One scored image: the input, its reconstruction from z_mean, the per-pixel spread of
+    images decoded from q(z|x) (where the model is unsure), and the per-pixel loss (where the
+    score comes from), each map with its own colour scale."""
+    fig, axes = plt.subplots(1, 4, figsize=(11.5, 3.3))
+    _show(axes[0], image)
+    axes[0].set_title("input", fontsize=10)
+    _show(axes[1], reconstruction)
+    axes[1].set_title("reconstruction (z_mean)", fontsize=10)
+    for ax, values, name, cmap in (
+            (axes[2], uncertainty, "uncertainty: std over z ~ q(z|x)", "viridis"),
+            (axes[3], pixel_loss, "score per pixel (nats)", "magma")):
+        shown = ax.imshow(values, cmap=cmap, vmin=0.0)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(name, fontsize=10)
+        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def plot_training_snapshot(originals, reconstructions, samples, epoch, path):
+    """One frame of the training movie: fixed test images, their reconstructions, and images
+    decoded from a fixed set of prior draws, so that frames differ only by what was learned."""
+    n = len(originals)
+    return _panels((originals, reconstructions, samples[:n]),
+                   ("test image", "reconstruction", "prior sample"), path,
+                   suptitle=f"after epoch {epoch}", fontsize=9)
+
+
+def save_image(image, path):
+    """One image (h, w, 1 or 3) in [0, 1] as a PNG of its own size, pixel for pixel."""
+    from PIL import Image
+
+    pixels = np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
+    picture = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+    return write_atomically(path, lambda temporary: picture.save(temporary, format="PNG"))
+
+
+def save_gif(frame_paths, path, seconds_per_frame=0.7):
+    """Stitch PNG frames into an animated GIF (Pillow ships with matplotlib)."""
+    from PIL import Image
+
+    frames = [Image.open(p).convert("RGB") for p in frame_paths]
+    size = frames[0].size
+    frames = [f if f.size == size else f.resize(size) for f in frames]
+    return write_atomically(path, lambda temporary: frames[0].save(
+        temporary, format="GIF", save_all=True, append_images=frames[1:], loop=0,
+        duration=int(seconds_per_frame * 1000)))
+
+
+# ---- anomaly detection on labelled defects -------------------------------------------------------
 def plot_anomaly_rocs(curves, path):
     """curves: {name: (fpr, tpr, auroc)}, each defect kind against the good test images."""
     fig, ax = plt.subplots(figsize=(5.5, 5))
@@ -381,7 +291,7 @@ def plot_anomaly_overlays(rows, pixel_threshold, path):
     return _save(fig, path)
 
 
-# ---- during training --------------------------------------------------------------------------
+# ---- during training -----------------------------------------------------------------------------
 class EpochSnapshots(keras.callbacks.Callback):
     """Saves snapshots/epoch_NNN.png, the same test images and the same prior draws every epoch,
     and stitches every frame so far into training.gif, so that even an interrupted run has it.
@@ -420,3 +330,96 @@ class EpochSnapshots(keras.callbacks.Callback):
         figure)."""
         reconstructions = measures.reconstruct(self.model, self.originals, self._labels())
         return plot_reconstructions(self.originals, reconstructions, None, path, title=title)
+
+
+# ---- layout: saving, one panel, captions that fit, rows of panels --------------------------------
+def _save(fig, path):
+    if writing():  # in a process that writes nothing (atomic_files), not even the folder
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_atomically(path, lambda temporary: fig.savefig(temporary, dpi=100, bbox_inches="tight"))
+    plt.close(fig)
+    return path
+
+
+def _show(ax, image):
+    """Draw one (h, w, 1) grey or (h, w, 3) RGB image, without ticks."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] not in (1, 3):
+        raise ValueError(f"expected an image shaped (height, width, 1 or 3), got {image.shape}")
+    if image.shape[-1] == 1:
+        # vmin/vmax fixed so that a faint reconstruction looks faint instead of being
+        # stretched to full contrast.
+        ax.imshow(image[..., 0], cmap="gray", vmin=0.0, vmax=1.0)
+    else:
+        # imshow clips RGB floats itself, but warns on every image a decoder overshoots.
+        ax.imshow(np.clip(image, 0.0, 1.0))
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _fit(text, inches, fontsize):
+    """(text wrapped onto at most two lines, font size) that fit `inches` of width, shrinking the
+    font down to 6 pt first, so that a long class name never runs into its neighbour's."""
+    text = "" if text is None else str(text).strip()
+    if not text:
+        return "", fontsize
+    room = 0.95 * 72 * inches  # points, less a margin so that neighbours never touch
+
+    def points(line, size):  # the width the line takes when drawn in the default font
+        return TextPath((0, 0), line, size=size).get_extents().width
+
+    for size in range(fontsize, 5, -1):
+        characters = max(1, int(room * len(text) / points(text, size)))
+        lines = textwrap.wrap(text, characters, break_long_words=False)
+        if len(lines) <= 2 and all(points(line, size) <= room for line in lines):
+            return "\n".join(lines), size
+    return "\n".join(textwrap.wrap(text, characters)), size  # still too long: break words too
+
+
+def _panels(rows, row_names, path, titles=None, suptitle=None, panel_inches=1.15, fontsize=10):
+    """Rows of equally sized images, each row named on its left and each panel optionally
+    titled. Every panel is placed in inches from the image shape, so that panels sit a thin gap
+    apart whatever the height/width ratio and the captions have room above their row."""
+    n_rows, n_columns = len(rows), len(rows[0])
+    h, w = np.shape(rows[0][0])[:2]
+    # The shorter side gets panel_inches, so captions and row names keep their room whatever the
+    # shape; the longer side at most twice that, so a very long image does not make a huge figure.
+    inches_per_pixel = min(panel_inches / min(h, w), 2 * panel_inches / max(h, w))
+    width, height = w * inches_per_pixel, h * inches_per_pixel
+    # One font size for all row names, the largest at which the longest fits beside its row.
+    names = [_fit(name, height, fontsize) for name in row_names]
+    names = [_fit(name, height, min(size for _, size in names)) for name in row_names]
+    titles = [[_fit(text, width, fontsize) for text in row] for row in (titles or [[]] * n_rows)]
+    # Room for each row's titles: its tallest caption, in lines of its own font size, plus pad.
+    above = [max([(text.count("\n") + 1) * size * 1.3 / 72 + 0.1 for text, size in row if text],
+                 default=0.0) for row in titles]
+    gap = 0.06
+    between = gap + max(above[1:], default=0.0)
+    top = (0.4 if suptitle else 0.05) + above[0]
+    fig_width = n_columns * width + (n_columns - 1) * gap
+    fig_height = top + n_rows * height + (n_rows - 1) * between
+    fig = plt.figure(figsize=(fig_width, fig_height))
+    for r, images in enumerate(rows):
+        bottom = fig_height - top - r * (height + between) - height
+        for c, image in enumerate(images):
+            ax = fig.add_axes((c * (width + gap) / fig_width, bottom / fig_height,
+                               width / fig_width, height / fig_height))
+            _show(ax, image)
+            if c < len(titles[r]) and titles[r][c][0]:
+                ax.set_title(titles[r][c][0], fontsize=titles[r][c][1], pad=4)
+            if c == 0:
+                ax.set_ylabel(names[r][0], fontsize=names[r][1])
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=fontsize + 1, y=1 - 0.08 / fig_height, va="top")
+    return _save(fig, path)
+
+
+def _image_grid(images, rows, columns):
+    """(rows * columns, h, w, c) images -> one (rows * h, columns * w, c) mosaic, filled row by
+    row: image r * columns + c lands in block (r, c)."""
+    images = np.asarray(images)
+    n, h, w, channels = images.shape
+    if n != rows * columns:
+        raise ValueError(f"a {rows}x{columns} grid needs {rows * columns} images, got {n}")
+    grid = images.reshape(rows, columns, h, w, channels)
+    return grid.transpose(0, 2, 1, 3, 4).reshape(rows * h, columns * w, channels)
