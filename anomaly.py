@@ -28,9 +28,9 @@ MAX_FPR = 0.3  # the AUPRO's bound, as MVTec AD defines it
 
 
 # ---- the scorer ---------------------------------------------------------------------------------
-def build_anomaly_scorer(encoder, decoder, draws=ANOMALY_DRAWS, seed=0, binarize=None):
+def build_anomaly_scorer(model, draws=ANOMALY_DRAWS, seed=0, binarize=None):
     """images (and labels, for a conditional model) -> [anomaly_score (N,), pixel_loss (N, height,
-    width)], deterministic.
+    width)], deterministic, from a CVAE's encoder and decoder, under its likelihood.
 
     pixel_loss is each pixel's expected loss under q(z|x), -E_q[log p(x_i|z)] summed over the
     channels, estimated with `draws` noise vectors drawn once from seed and used for every image;
@@ -40,11 +40,17 @@ def build_anomaly_scorer(encoder, decoder, draws=ANOMALY_DRAWS, seed=0, binarize
     binarize="static" (the run's setting) thresholds the images at 0.5 inside the model, as the
     run saw its own, so that the exported file needs no preprocessing only this project knows.
     """
+    encoder, decoder = model.encoder, model.decoder
     image_shape = tuple(encoder.inputs[0].shape[1:])
     latent_dim = decoder.inputs[0].shape[-1]
     epsilon = np.random.default_rng(seed).standard_normal((draws, latent_dim)).astype("float32")
     given = keras.Input(image_shape, name="image")
     image = binarized(given, 0.5) if binarize == "static" else given
+    log_scale = model.log_scale()
+    if log_scale is not None:
+        # The calibrated scale as it is now, a constant of the scorer, entered as a node of its
+        # graph: a tensor computed outside it would become an input of the exported ONNX file.
+        log_scale = ops.mean(0.0 * given, axis=(0, 1, 2)) + ops.convert_to_numpy(log_scale)
     inputs = [given]
     if len(decoder.inputs) == 2:  # conditional: every draw is decoded in the image's class
         inputs.append(keras.Input(shape=(), dtype="int32", name="label"))
@@ -53,7 +59,8 @@ def build_anomaly_scorer(encoder, decoder, draws=ANOMALY_DRAWS, seed=0, binarize
     z = ops.reshape(z, (-1, latent_dim))  # (N * K, latent), image by image
     decoded = decoder([z, ops.repeat(inputs[1], draws, axis=0)] if len(inputs) == 2 else z)
     decoded = ops.reshape(decoded, (-1, draws) + image_shape)  # (N, K, *image_shape)
-    pixel_loss = ops.sum(ops.mean(pixel_nats(image[:, None], decoded), axis=1), axis=-1)
+    pixel_loss = ops.sum(ops.mean(pixel_nats(image[:, None], decoded, model.likelihood,
+                                             log_scale), axis=1), axis=-1)
     score = ops.sum(pixel_loss, axis=(1, 2)) + kl_to_standard_normal(z_mean, z_log_var)
     return keras.Model(inputs if len(inputs) == 2 else given, [score, pixel_loss],
                        name="anomaly_scorer")
@@ -206,7 +213,7 @@ def inspection_metrics(model, data):
     """(metrics["anomaly"], the smoothed pixel maps of the validation and test images) of an
     inspection set: image- and pixel-level metrics, overall and per defect kind, the threshold
     chosen on the held-out normal images, and what it flags."""
-    scorer = build_anomaly_scorer(model.encoder, model.decoder)
+    scorer = build_anomaly_scorer(model)
     sigma = smoothing_sigma(data.image_shape)
     val_scores, val_maps = anomaly_scores(scorer, data.x_val)
     test_scores, test_maps = anomaly_scores(scorer, data.x_test)

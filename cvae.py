@@ -16,9 +16,19 @@ backend; what a data-parallel replica does differently sits behind plumbing/devi
 The objective is the negative evidence lower bound of Kingma & Welling (2013), "Auto-Encoding
 Variational Bayes", per image, in nats:
     -ELBO(x) = E_q(z|x)[-log p(x|z)] + KL(q(z|x) || N(0, I))
-with a Bernoulli decoder p(x|z) (binary cross-entropy summed over every pixel) and a diagonal
-Gaussian encoder q(z|x) = N(z_mean, exp(z_log_var)), whose KL to the prior has the closed form of
-their Appendix B, summed over latent dimensions.
+with a diagonal Gaussian encoder q(z|x) = N(z_mean, exp(z_log_var)), whose KL to the prior has the
+closed form of their Appendix B, summed over latent dimensions, and a decoder p(x|z) whose mean is
+the decoder network's output, under one of three likelihoods:
+- "bernoulli", the article's: binary cross-entropy summed over every pixel. It fits MNIST, whose
+  pixels are nearly 0 or 1; on photographs a mid-grey pixel costs about ln 2 however well it is
+  reconstructed, and the posterior collapses.
+- "gaussian": N(x; mean, sigma^2) per pixel, with one sigma per channel calibrated to the
+  reconstruction error (Rybkin, Daniilidis & Levine 2021, "Simple and Effective VAE Training
+  with Calibrated Decoders"): in training, the sigma that maximizes the batch's likelihood (the
+  root of its mean squared error); for evaluation, the running average of those.
+- "discretized_logistic": the probability of each 8-bit value, the mass of a logistic with the
+  same calibrated spread over the value's bin (Salimans et al. 2017, "PixelCNN++", eq. 2), so that
+  bits per dimension compare with published tables.
 """
 
 import math
@@ -37,24 +47,61 @@ from plumbing.model_size import (
 )
 from plumbing.schedules import warmed_up_kl
 
+LIKELIHOODS = ("bernoulli", "gaussian", "discretized_logistic")
 # Probabilities are clipped this far from 0 and 1 before the log, as Keras's own binary
 # cross-entropy does; it bounds one pixel's loss at about 16 nats instead of infinity.
 PROBABILITY_EPSILON = 1e-7
+LOG_2PI = math.log(2.0 * math.pi)
+BIN = 1.0 / 255.0  # the distance between two 8-bit values, as pixels in [0, 1]
+# The smallest calibrated sigma: the spread of an 8-bit value's rounding, BIN / sqrt(12). A
+# Gaussian narrower than the bin it stands for would put unbounded density on exact values.
+MIN_LOG_SCALE = math.log(BIN / math.sqrt(12.0))
+# The running average of the calibrated log-sigma that evaluation uses: over about 100 steps.
+SCALE_MOMENTUM = 0.99
 
 
 # ---- the loss -----------------------------------------------------------------------------------
-def pixel_nats(x, x_decoded):
-    """-log p(x_i|z) of every pixel and channel under independent Bernoulli pixels (binary
-    cross-entropy), shaped like x. x and x_decoded are (batch, *image_shape) in [0, 1]."""
+def pixel_nats(x, x_decoded, likelihood="bernoulli", log_scale=None):
+    """-log p(x_i|z) of every pixel and channel, shaped like x. x and x_decoded (the decoder's
+    means) are (batch, *image_shape) in [0, 1]; log_scale: log sigma per channel, (channels,),
+    for the gaussian and discretized_logistic likelihoods."""
     # The loss is always computed in float32, also when the layers run in a 16-bit policy.
     x = ops.cast(x, "float32")
-    p = ops.clip(ops.cast(x_decoded, "float32"), PROBABILITY_EPSILON, 1.0 - PROBABILITY_EPSILON)
-    return -(x * ops.log(p) + (1.0 - x) * ops.log(1.0 - p))
+    mean = ops.cast(x_decoded, "float32")
+    if likelihood == "bernoulli":  # binary cross-entropy
+        p = ops.clip(mean, PROBABILITY_EPSILON, 1.0 - PROBABILITY_EPSILON)
+        return -(x * ops.log(p) + (1.0 - x) * ops.log(1.0 - p))
+    log_scale = ops.cast(log_scale, "float32")
+    if likelihood == "gaussian":
+        return 0.5 * LOG_2PI + log_scale + 0.5 * ops.square((x - mean) * ops.exp(-log_scale))
+    # A logistic with standard deviation sigma has scale sigma * sqrt(3) / pi; its mass over the
+    # bin of x, the whole tail beyond the first and the last value (PixelCNN++, eq. 2).
+    log_s = log_scale + math.log(math.sqrt(3.0) / math.pi)
+    inverse_s = ops.exp(-log_s)
+    upper, lower = (x - mean + 0.5 * BIN) * inverse_s, (x - mean - 0.5 * BIN) * inverse_s
+    log_below_upper = upper - ops.softplus(upper)  # log sigmoid(upper)
+    log_above_lower = -ops.softplus(lower)  # log (1 - sigmoid(lower))
+    mass = ops.sigmoid(upper) - ops.sigmoid(lower)
+    # Where the bin's mass underflows float32, the density at its centre times its width.
+    centre = (x - mean) * inverse_s
+    log_density_times_bin = centre - log_s - 2.0 * ops.softplus(centre) + math.log(BIN)
+    log_mass = ops.where(mass > 1e-5, ops.log(ops.maximum(mass, 1e-12)), log_density_times_bin)
+    return -ops.where(x < 0.5 * BIN, log_below_upper,
+                      ops.where(x > 1.0 - 0.5 * BIN, log_above_lower, log_mass))
 
 
-def reconstruction_nats(x, x_decoded):
+def calibrated_log_scale(x, x_decoded):
+    """log sigma per channel, (channels,), that maximizes the Gaussian likelihood of the batch x
+    given the decoder's means: half the log of the mean squared error (Rybkin et al. 2021),
+    floored at MIN_LOG_SCALE."""
+    error = ops.square(ops.cast(x, "float32") - ops.cast(x_decoded, "float32"))
+    mean_squared = ops.mean(ops.reshape(error, (-1, ops.shape(error)[-1])), axis=0)
+    return ops.maximum(0.5 * ops.log(ops.maximum(mean_squared, 1e-30)), MIN_LOG_SCALE)
+
+
+def reconstruction_nats(x, x_decoded, likelihood="bernoulli", log_scale=None):
     """-log p(x|z): pixel_nats summed over every pixel of each image, shaped (batch,)."""
-    pixel_loss = pixel_nats(x, x_decoded)
+    pixel_loss = pixel_nats(x, x_decoded, likelihood, log_scale)
     # Sum over every axis but the batch: the image size is never written by hand.
     return ops.sum(ops.reshape(pixel_loss, (ops.shape(pixel_loss)[0], -1)), axis=1)
 
@@ -78,13 +125,15 @@ def kl_to_standard_normal(z_mean, z_log_var):
     return kl_per_dimension(z_mean, z_log_var, summed=True)
 
 
-def negative_elbo_terms(x, x_decoded, z_mean, z_log_var):
+def negative_elbo_terms(x, x_decoded, z_mean, z_log_var, likelihood="bernoulli", log_scale=None):
     """(reconstruction, kl): the two terms of each image's negative ELBO, in nats, each (batch,).
 
-    x, x_decoded: (batch, *image_shape), pixel intensities and Bernoulli means in [0, 1].
-    z_mean, z_log_var: (batch, latent_dim), the encoder's Gaussian.
+    x, x_decoded: (batch, *image_shape), pixel intensities and the decoder's means in [0, 1].
+    z_mean, z_log_var: (batch, latent_dim), the encoder's Gaussian. likelihood, log_scale: see
+    pixel_nats.
     """
-    return reconstruction_nats(x, x_decoded), kl_to_standard_normal(z_mean, z_log_var)
+    return (reconstruction_nats(x, x_decoded, likelihood, log_scale),
+            kl_to_standard_normal(z_mean, z_log_var))
 
 
 # ---- the reparameterization ---------------------------------------------------------------------
@@ -153,7 +202,7 @@ def build_encoder(latent_dim, image_shape, architecture="article", num_classes=N
 
 
 def build_decoder(latent_dim, image_shape, architecture="article", num_classes=None):
-    """z -> Bernoulli means of every pixel: the encoder mirrored with transposed convolutions.
+    """z -> the mean of every pixel, in [0, 1]: the encoder mirrored with transposed convolutions.
 
     With num_classes the inputs are [z, integer label], and the one-hot label joins z: p(x|z, y).
     """
@@ -195,12 +244,14 @@ class CVAE(keras.Model):
     functional encoder and decoder, whose predict works the same on every Keras backend (a
     predict_step override here would not: its signature differs on JAX).
 
+    likelihood: one of LIKELIHOODS (see the top of this file).
     binarize: None, or "static" / "dynamic": every training image is made 0/1 as it is seen
     (binarized), and the loss measures the reconstruction of that binary image.
     kl_warmup_steps: 0, or the steps of a KL warm-up (plumbing/schedules.warmed_up_kl).
     """
 
-    def __init__(self, encoder, decoder, seed=None, binarize=None, kl_warmup_steps=0, **kwargs):
+    def __init__(self, encoder, decoder, seed=None, likelihood="bernoulli", binarize=None,
+                 kl_warmup_steps=0, **kwargs):
         # autocast=False: the images stay float32 here under a mixed-precision policy, so the
         # loss measures the reconstruction against the pixels themselves, and binarizing
         # compares float32 pixels with float32 noise (the encoder casts its own input).
@@ -215,6 +266,17 @@ class CVAE(keras.Model):
             self.binarization_noise = keras.random.SeedGenerator(
                 None if seed is None else int(np.random.SeedSequence([seed, 3]).generate_state(
                     1)[0] % 2**31))
+        self.likelihood = likelihood
+        if likelihood != "bernoulli":  # a Bernoulli run has no scale: its weight files stay
+            # The calibrated log-sigma's running average, as a sum and the weight it has summed,
+            # so that it is an average from the first step (not biased towards its start).
+            channels = decoder.outputs[0].shape[-1]
+            self.log_scale_sum = self.add_weight(
+                shape=(channels,), initializer="zeros", dtype="float32", trainable=False,
+                aggregation="only_first_replica", name="log_scale_sum")
+            self.log_scale_weight = self.add_weight(
+                shape=(), initializer="zeros", dtype="float32", trainable=False,
+                aggregation="only_first_replica", name="log_scale_weight")
         self.kl_warmup_steps = kl_warmup_steps
         if kl_warmup_steps:  # a run without the warm-up has no counter: its weight files stay
             self.kl_warmup_step = self.add_weight(
@@ -231,6 +293,21 @@ class CVAE(keras.Model):
     @property
     def conditional(self):
         return len(self.decoder.inputs) == 2
+
+    def log_scale(self):
+        """The calibrated log sigma per channel that evaluation uses (None for "bernoulli")."""
+        if self.likelihood == "bernoulli":
+            return None
+        return (ops.convert_to_tensor(self.log_scale_sum)
+                / ops.maximum(ops.convert_to_tensor(self.log_scale_weight), 1e-12))
+
+    def pixel_nats(self, x, x_decoded):
+        """pixel_nats under this model's likelihood and calibrated scale."""
+        return pixel_nats(x, x_decoded, self.likelihood, self.log_scale())
+
+    def reconstruction_nats(self, x, x_decoded):
+        """reconstruction_nats under this model's likelihood and calibrated scale."""
+        return reconstruction_nats(x, x_decoded, self.likelihood, self.log_scale())
 
     def call(self, x, training=False):
         images = x["image"] if self.conditional else x
@@ -253,8 +330,16 @@ class CVAE(keras.Model):
         }
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        log_scale = self.log_scale()
+        if training and self.likelihood != "bernoulli":
+            # The sigma this batch's reconstructions call for, and the running average of it.
+            log_scale = ops.stop_gradient(calibrated_log_scale(y_pred["image"],
+                                                               y_pred["reconstruction"]))
+            self.log_scale_sum.assign(SCALE_MOMENTUM * self.log_scale_sum + log_scale)
+            self.log_scale_weight.assign(SCALE_MOMENTUM * self.log_scale_weight + 1.0)
         reconstruction, kl = negative_elbo_terms(
-            y_pred["image"], y_pred["reconstruction"], y_pred["z_mean"], y_pred["z_log_var"])
+            y_pred["image"], y_pred["reconstruction"], y_pred["z_mean"], y_pred["z_log_var"],
+            self.likelihood, log_scale)
         # Feeding the per-image values makes each tracker a mean over images, which is how Keras
         # weights its own `loss` tracker (by batch size): loss == reconstruction_loss + kl_loss
         # holds also when the last batch is smaller.
@@ -269,13 +354,14 @@ class CVAE(keras.Model):
 
 
 def build_cvae(latent_dim, image_shape, architecture="article", seed=None, num_classes=None,
-               binarize=None, kl_warmup_steps=0):
+               likelihood="bernoulli", binarize=None, kl_warmup_steps=0):
     """The CVAE; its encoder and decoder are usable alone as .encoder and .decoder. With
-    num_classes, the conditional model (see build_encoder); binarize and kl_warmup_steps: see
-    CVAE."""
+    num_classes, the conditional model (see build_encoder); likelihood, binarize and
+    kl_warmup_steps: see CVAE."""
     model = CVAE(build_encoder(latent_dim, image_shape, architecture, num_classes),
                  build_decoder(latent_dim, image_shape, architecture, num_classes), seed=seed,
-                 binarize=binarize, kl_warmup_steps=kl_warmup_steps, name="cvae")
+                 likelihood=likelihood, binarize=binarize, kl_warmup_steps=kl_warmup_steps,
+                 name="cvae")
     model.build((None,) + tuple(image_shape))
     return model
 

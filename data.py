@@ -236,6 +236,39 @@ def as_trained(data, config):
     return data
 
 
+# A grey or colour image set with at least this share of its pixels within NEAR_BINARY of 0 or 1
+# is MNIST-like: its pixels are nearly binary, and the article's Bernoulli likelihood fits it.
+# (MNIST: 90% within 0.05; photographs: a few percent.)
+MNIST_LIKE_SHARE = 0.8
+NEAR_BINARY = 0.05
+# The likelihood for every other image set: chosen on validation images of real photographs
+# (docs/likelihoods.md).
+GREY_LEVEL_LIKELIHOOD = "gaussian"
+
+
+def fitting_likelihood(data, config):
+    """(the decoder likelihood for likelihood="auto", why): the article's Bernoulli for MNIST,
+    binarized images, or training pixels as nearly binary as MNIST's; else
+    GREY_LEVEL_LIKELIHOOD."""
+    if config.get("binarize") is not None:
+        return "bernoulli", f"binarize={config['binarize']} makes every pixel 0 or 1"
+    if config.get("dataset", "mnist") == "mnist":
+        return "bernoulli", "MNIST, the article's experiment, has pixels nearly 0 or 1"
+    if data.x_train is not None:
+        pixels = data.x_train[:1000]
+    else:  # streamed: the first training files, decoded as the run decodes them
+        decoded = image_files.prepare_files(data.train_files[:200], data.image_shape)
+        pixels = np.stack([image for _, image, error in decoded if error is None])
+    share = float(np.mean((pixels < NEAR_BINARY) | (pixels > 1.0 - NEAR_BINARY)))
+    if share >= MNIST_LIKE_SHARE:
+        return "bernoulli", (f"{100 * share:.0f}% of the training pixels lie within "
+                             f"{NEAR_BINARY} of 0 or 1, as in MNIST: the article's Bernoulli")
+    return GREY_LEVEL_LIKELIHOOD, (
+        f"only {100 * share:.0f}% of the training pixels lie within {NEAR_BINARY} of 0 or 1: "
+        f"grey levels carry the images, which a Bernoulli likelihood would not reward (its "
+        f"posterior collapses on photographs; docs/likelihoods.md)")
+
+
 def as_the_run_sees(x, config):
     """New images made comparable with a run's (binarized) test images: thresholded at 0.5 for
     binarize="static", as the model saw its training images; as they are otherwise. For

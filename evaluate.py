@@ -13,6 +13,7 @@ functions, once the command line has been checked.
 
 import os
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -110,8 +111,9 @@ def test_metrics(model, config, data, settings, rng):
         model, x_test, z_mean, z_log_var, rng, labels=labels)
     scores = reconstruction + kl
     metrics = measures.summarize_negative_elbo(reconstruction, kl)
+    metrics["likelihood"] = model.likelihood
     metrics["test_bits_per_dim"] = measures.bits_per_dim(metrics["test_negative_elbo"],
-                                                         data.image_shape)
+                                                         data.image_shape, model.likelihood)
     metrics["iwae"] = importance_weighted_estimates(model, x_test, scores, settings, labels)
     metrics.update(measures.latent_activity(z_mean, z_log_var))
     metrics["conditional"] = bool(model.conditional)  # the scores are then -log p(x|y)
@@ -136,7 +138,10 @@ def validation_metrics(model, data, settings):
     reconstruction, kl = measures.negative_elbo_terms_from_encoding(
         model, data.x_val, z_mean, z_log_var, np.random.default_rng([settings["eval_seed"], 0, 1]),
         labels=labels)
-    return measures.summarize_negative_elbo(reconstruction, kl, prefix="validation_")
+    metrics = measures.summarize_negative_elbo(reconstruction, kl, prefix="validation_")
+    metrics["validation_bits_per_dim"] = measures.bits_per_dim(
+        metrics["validation_negative_elbo"], data.image_shape, model.likelihood)
+    return metrics
 
 
 def scaled_to_run(images_per_epoch, epochs, test_images, monitored_split=None):
@@ -257,7 +262,8 @@ def draw_figures(figures, data, z_mean, scores, metrics, history, run_dir):
                                f"Posterior means of the {len(z_mean)} test images{dims_note}")
     plotting.plot_manifold(figures["manifold"], figures["quantiles"], dims, path("manifold.png"))
     plotting.plot_image_grid(figures["samples"], 10, 10, path("samples.png"),
-                             "100 images decoded from z ~ N(0, I) (Bernoulli means)" + (
+                             f"100 images decoded from z ~ N(0, I) ({metrics['likelihood']} "
+                             f"means, not draws)" + (
                                  ", one class per row: " + ", ".join(data.class_names[:10])
                                  if conditional else ""))
     if figures["interpolations"] is not None:
@@ -301,10 +307,12 @@ def print_metrics(metrics):
     print(f"Test negative ELBO: {metrics['test_negative_elbo']:.2f} "
           f"± {metrics['test_negative_elbo_stderr']:.2f} nats "
           f"(reconstruction {metrics['test_reconstruction']:.2f} + KL {metrics['test_kl']:.2f}), "
-          f"{metrics['test_bits_per_dim']:.4f} bits per dimension")
+          f"{metrics['test_bits_per_dim']:.4f} bits per dimension "
+          f"({metrics.get('likelihood', 'bernoulli')} likelihood)")
     if "validation_negative_elbo" in metrics:
         print(f"Validation negative ELBO: {metrics['validation_negative_elbo']:.2f} "
-              f"± {metrics['validation_negative_elbo_stderr']:.2f} nats")
+              f"± {metrics['validation_negative_elbo_stderr']:.2f} nats, "
+              f"{metrics['validation_bits_per_dim']:.4f} bits per dimension")
     iwae = metrics["iwae"]
     print(f"On the first {iwae['images']} test images: ELBO {iwae['elbo_same_images']:.2f}; "
           f"importance-weighted log p(x{'|y' if metrics.get('conditional') else ''}) "
@@ -314,6 +322,15 @@ def print_metrics(metrics):
     print(f"Active latent units: {metrics['active_units']} of "
           f"{len(metrics['kl_per_dimension'])}; KL per dimension: "
           + ", ".join(f"{value:.2f}" for value in metrics["kl_per_dimension"]))
+    if metrics.get("posterior_collapsed"):
+        likelihood = metrics.get("likelihood", "bernoulli")
+        to_try = ("--likelihood=gaussian (a Bernoulli likelihood barely rewards the detail of "
+                  "grey images)" if likelihood == "bernoulli" else
+                  "more epochs or training images, a larger --latent_dim, or --kl_warmup_steps")
+        print(f"warning: the posterior has collapsed: {sum(metrics['kl_per_dimension']):.2f} "
+              f"nats of KL in all, so the decoder makes every image from next to nothing of its "
+              f"code, and the reconstructions are near one average image. Try {to_try}; "
+              f"docs/likelihoods.md says what was measured.", file=sys.stderr)
     if "auroc" in metrics:
         print(f"AUROC for the held-out class {metrics['holdout_class']}: {metrics['auroc']:.3f}")
     if "anomaly" in metrics:

@@ -104,7 +104,7 @@ class Explorer:
         # `anomalous` means what it means in score.py: for an inspection run, the deterministic
         # anomaly score above the threshold kept with it.
         self.rule = anomaly_rule(run_dir, self.test_scores, settings["percentile"])
-        self.scorer = anomaly.build_anomaly_scorer(model.encoder, model.decoder)
+        self.scorer = anomaly.build_anomaly_scorer(model)
         self.data, self.data_error, self.data_ready = None, None, threading.Event()
         self.z_mean, self.z_log_var, self.labels = cached_latents(self)
         self.dims = measures.most_informative_dims(
@@ -202,7 +202,8 @@ class Explorer:
         by the run's rule (run_folder.anomaly_rule)."""
         compared = anomaly_score if self.rule["column"] == "anomaly_score" else score
         return {"score": score,
-                "bits_per_dim": self.measures.bits_per_dim(score, self.image_shape),
+                "bits_per_dim": self.measures.bits_per_dim(score, self.image_shape,
+                                                           self.model.likelihood),
                 "percentile": float(100.0 * np.mean(self.test_scores <= score)),
                 "anomalous": bool(compared > self.rule["threshold"])}
 

@@ -47,7 +47,7 @@ def main(argv):
     config, model = load_run(run_dir)
     # A statically binarized run's file thresholds its input itself (score.py and the explorer
     # threshold new images before their scorer; here no project code stands before the file).
-    scorer = build_anomaly_scorer(model.encoder, model.decoder, binarize=config.get("binarize"))
+    scorer = build_anomaly_scorer(model, binarize=config.get("binarize"))
     data = load_dataset_of_run(config, run_dir)
     count = max(1, min(settings["check_images"], len(data.x_test)))
     inputs = [data.x_test[:count]] + ([data.y_test[:count].astype("int32")]

@@ -14,14 +14,19 @@ import zlib
 import numpy as np
 from keras import ops, tree
 
-from cvae import kl_per_dimension, kl_to_standard_normal, reconstruction_nats, reparameterize
+from cvae import kl_per_dimension, kl_to_standard_normal, reparameterize
 from plumbing.devices import is_replicated
 
 EVAL_BATCH_SIZE = 500
 LOG_2PI = math.log(2.0 * math.pi)
 # Burda et al. (2015) count a latent unit as active when the variance over the data of its
-# posterior mean exceeds 0.01.
+# posterior mean exceeds 0.01. A unit whose posterior stays as wide as the prior passes that test
+# while it carries next to nothing: its average KL bounds what it tells of the image (the mutual
+# information of x and z_d), so an active unit must also carry ACTIVE_UNIT_MIN_KL nats.
 ACTIVE_UNIT_THRESHOLD = 0.01
+ACTIVE_UNIT_MIN_KL = 0.1
+# Less KL than this in all is a collapsed posterior: the decoder ignores z.
+COLLAPSED_KL = 1.0
 
 
 def _with_labels(inputs, labels, start, stop):
@@ -91,8 +96,8 @@ def negative_elbo_terms_from_encoding(model, x, z_mean, z_log_var, rng,
         epsilon = rng.standard_normal(z_mean.shape)
     decoded = decode(model, sample_z(z_mean, z_log_var, epsilon), batch_size, labels)
     reconstruction = np.concatenate([
-        ops.convert_to_numpy(reconstruction_nats(x[start:start + batch_size],
-                                                 decoded[start:start + batch_size]))
+        ops.convert_to_numpy(model.reconstruction_nats(x[start:start + batch_size],
+                                                       decoded[start:start + batch_size]))
         for start in range(0, len(x), batch_size)])
     return reconstruction, ops.convert_to_numpy(kl_to_standard_normal(z_mean, z_log_var))
 
@@ -112,10 +117,18 @@ def negative_elbo_of_new_images(model, x, seed=0, labels=None):
     return reconstruction + kl, z_mean, z_log_var
 
 
-def bits_per_dim(nats_per_image, image_shape):
+def bits_per_dim(nats_per_image, image_shape, likelihood="bernoulli"):
     """A per-image negative log-likelihood in nats as bits per dimension (pixel and channel),
-    the unit image likelihoods are usually reported in: nats / (H * W * C * ln 2)."""
-    return float(nats_per_image) / (math.prod(image_shape) * math.log(2.0))
+    the unit image likelihoods are usually reported in: nats / (H * W * C * ln 2).
+
+    The discretized likelihood gives the probability of the 8-bit values themselves, the
+    number published tables report. The Gaussian's is a density of pixels scaled to [0, 1]: as
+    the probability of 8-bit values (each a bin 1/256 wide, as for dequantized data), 8 bits per
+    dimension are added. The Bernoulli's is that of the pixels as [0, 1] intensities (of binary
+    images, for binarized MNIST), comparable only with other Bernoulli models.
+    """
+    bits = float(nats_per_image) / (math.prod(image_shape) * math.log(2.0))
+    return bits + 8.0 if likelihood == "gaussian" else bits
 
 
 def decoded_spread(model, x, draws, rng, labels=None):
@@ -169,8 +182,8 @@ def importance_log_weights(model, x, num_samples, seed=0, batch_size=EVAL_BATCH_
         decoded = decode(model, z.reshape(-1, z.shape[-1]), batch_size,
                          None if labels is None else np.repeat(labels[start:stop], num_samples))
         images = np.repeat(x[start:stop], num_samples, axis=0)
-        log_p_x_given_z = -ops.convert_to_numpy(reconstruction_nats(images, decoded)).reshape(
-            stop - start, num_samples)
+        log_p_x_given_z = -ops.convert_to_numpy(model.reconstruction_nats(
+            images, decoded)).reshape(stop - start, num_samples)
         log_p_z = -0.5 * np.sum(np.square(z, dtype=np.float64) + LOG_2PI, axis=-1)
         log_q_z = -0.5 * np.sum(epsilon**2 + log_var + LOG_2PI, axis=-1)
         log_weights[start:stop] = log_p_x_given_z + log_p_z - log_q_z
@@ -185,13 +198,16 @@ def importance_weighted_bound(log_weights, k):
 
 
 def latent_activity(z_mean, z_log_var):
-    """Per-dimension variance of the posterior mean, active-unit count, and per-dimension KL."""
+    """Per-dimension variance of the posterior mean, active-unit count (variance and KL, see
+    ACTIVE_UNIT_MIN_KL), per-dimension KL, and whether the posterior has collapsed."""
     activity = np.var(np.asarray(z_mean, dtype=np.float64), axis=0)
     mean_kl = np.mean(ops.convert_to_numpy(kl_per_dimension(z_mean, z_log_var)), axis=0)
     return {
         "latent_activity": activity.tolist(),
-        "active_units": int(np.sum(activity > ACTIVE_UNIT_THRESHOLD)),
+        "active_units": int(np.sum((activity > ACTIVE_UNIT_THRESHOLD)
+                                   & (mean_kl > ACTIVE_UNIT_MIN_KL))),
         "kl_per_dimension": mean_kl.tolist(),
+        "posterior_collapsed": bool(np.sum(mean_kl) < COLLAPSED_KL),
     }
 
 

@@ -5,9 +5,9 @@
     python sample.py RUN_DIR --interpolate=a.png,b.png
     python sample.py RUN_DIR --class_name=7        # a conditional run: sevens only
 
-The model is rebuilt from the run folder (saved_run.py). Images are the decoder's
-Bernoulli means, the same as the run's samples.png; the input images of --interpolate go through
-the preprocessing the run was trained with (plumbing/image_files.py).
+The model is rebuilt from the run folder (saved_run.py). Images are the decoder's means under
+the run's likelihood, the same as the run's samples.png; the input images of --interpolate go
+through the preprocessing the run was trained with (plumbing/image_files.py).
 """
 
 import math

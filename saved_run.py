@@ -32,6 +32,7 @@ def build_model(config, seed=None):
         num_classes = len(config["data"]["class_names"])
     return build_cvae(int(config["latent_dim"]), image_shape_of(config),
                       config.get("architecture", "article"), seed=seed, num_classes=num_classes,
+                      likelihood=config.get("likelihood_used", "bernoulli"),
                       binarize=config.get("binarize"),
                       kl_warmup_steps=config.get("kl_warmup_steps", 0))
 

@@ -118,10 +118,10 @@ def score_rows(model, x, names, label, test_scores, rule, image_shape, settings)
     scores, z_mean, z_log_var = measures.negative_elbo_of_new_images(model, x, settings["seed"],
                                                                      labels)
     anomaly, maps = anomaly_detection.anomaly_scores(
-        anomaly_detection.build_anomaly_scorer(model.encoder, model.decoder), x, labels)
+        anomaly_detection.build_anomaly_scorer(model), x, labels)
     compared = anomaly if rule["column"] == "anomaly_score" else scores
     rows = [{"path": name, "negative_elbo_nats": f"{score:.4f}",
-             "bits_per_dim": f"{measures.bits_per_dim(score, image_shape):.6f}",
+             "bits_per_dim": f"{measures.bits_per_dim(score, image_shape, model.likelihood):.6f}",
              "anomaly_score": f"{anomaly_score:.4f}",
              "percentile": f"{100.0 * np.mean(test_scores <= score):.2f}",
              "anomalous": bool(value > rule["threshold"]), "error": ""}

@@ -27,6 +27,7 @@ binarize: str = None  # None: grey pixels | static: 0/1 at 0.5 | dynamic: 0/1 dr
 architecture: str = "article"  # article: its stride-1 convolutions | strided: halving, for large images
 latent_dim: int = 2  # size of z; the article uses 2, which makes the latent space plottable
 conditional: bool = False  # True: encoder and decoder also see the class (labelled data only)
+likelihood: str = "auto"  # auto: bernoulli for MNIST-like images, else gaussian | bernoulli | gaussian | discretized_logistic
 precision: str = "float32"  # float32 | mixed_bfloat16 (CPUs with bf16) | mixed_float16 (GPUs) | auto
 # optimizer
 optimizer: str = "rmsprop"  # rmsprop (the article's) | adam | sgd
@@ -64,7 +65,7 @@ def main(argv):
     import evaluate
     import plotting
     from cvae import build_cvae, wide_dense_kernels
-    from data import as_trained, load_dataset_of_run
+    from data import as_trained, fitting_likelihood, load_dataset_of_run
     from plumbing import precision, recording
     from plumbing.batches import EpochShuffle
     from plumbing.model_size import training_gflops_per_image
@@ -86,7 +87,11 @@ def main(argv):
 
     data = run.agreed(load_data, "the checks of the data and of out_dir's run")
 
-    # model and optimizer
+    # model and optimizer; the decoder's likelihood fits the pixels (see cvae.py)
+    likelihood = config["likelihood"]
+    if likelihood == "auto":
+        likelihood, why = fitting_likelihood(data, config)
+        print(f"Likelihood: {likelihood}, as {why}.")
     policy, why = precision.resolve(config["precision"])
     if config["precision"] == "auto":
         print(f"Precision: {policy}, chosen by {why}.")
@@ -97,7 +102,8 @@ def main(argv):
         model = build_cvae(config["latent_dim"], data.image_shape, config["architecture"],
                            seed=config["seed"],
                            num_classes=len(data.class_names) if config["conditional"] else None,
-                           binarize=config["binarize"], kl_warmup_steps=config["kl_warmup_steps"])
+                           likelihood=likelihood, binarize=config["binarize"],
+                           kl_warmup_steps=config["kl_warmup_steps"])
         model.kl_warmup_steps = steps["kl_warmup"]
         model.encoder.summary()
         model.decoder.summary()
@@ -114,7 +120,7 @@ def main(argv):
             cooldown_share=config["cooldown_share"], fused=config["distribute"] is None,
             ema_momentum=config["ema_momentum"], weight_decay=config["weight_decay"],
             decayed=wide_dense_kernels(model), variables=model.trainable_variables))
-    run.write_config(model.dtype_policy.name)
+    run.write_config(precision_used=model.dtype_policy.name, likelihood_used=likelihood)
 
     # train; val_* columns measure the validation split, or else only watch the test split
     # (A short run gets a short evaluation: evaluate.scaled_to_run says what it leaves out.)

@@ -16,7 +16,10 @@ from plumbing.optimizer import LR_SCHEDULES, OPTIMIZERS
 from plumbing.precision import PRECISIONS
 
 # What a run made before a hyperparameter existed did, where that is not None (resuming it).
-BEFORE_IT_EXISTED = {"weight_decay": 0.0, "kl_warmup_steps": 0, "cooldown_share": 0.2}
+BEFORE_IT_EXISTED = {"weight_decay": 0.0, "kl_warmup_steps": 0, "cooldown_share": 0.2,
+                     "likelihood": "bernoulli"}
+# cvae.LIKELIHOODS, and "auto" (data.fitting_likelihood); written out, as Keras may not load yet.
+LIKELIHOODS = ("auto", "bernoulli", "gaussian", "discretized_logistic")
 # What each hyperparameter may be: (name, test, what is allowed).
 RULES = (
     ("image_size", lambda value: value is None or 4 <= value <= 2048,
@@ -26,6 +29,7 @@ RULES = (
     ("binarize", lambda value: value in (None, "static", "dynamic"),
      "None (grey pixels), static or dynamic"),
     ("architecture", lambda value: value in ("article", "strided"), "article or strided"),
+    ("likelihood", lambda value: value in LIKELIHOODS, f"one of {', '.join(LIKELIHOODS)}"),
     ("epochs", lambda value: value > 0, "at least 1"),
     ("batch_size", lambda value: value > 0, "at least 1"),
     ("latent_dim", lambda value: value > 0, "at least 1"),
@@ -60,6 +64,9 @@ def read_config(hyperparameters, types, argv, source=None):
             f"data_path is the local copy of a named dataset ({', '.join(KERAS_DATASETS)}); "
             f"for your own .npz or folder, pass its path as --dataset instead.")
     check_rules(config, RULES)
+    require(config["binarize"] is None or config["likelihood"] in ("auto", "bernoulli"),
+            f"binarize={config['binarize']} makes every pixel 0 or 1, which only the bernoulli "
+            f"likelihood models; leave likelihood as auto (or bernoulli), or binarize as None.")
     require(config["learning_rate"] * config["weight_decay"] < 1,
             f"weight_decay={config['weight_decay']} at learning_rate={config['learning_rate']} "
             f"would take more than the whole of each weight at every step; their product must be "

@@ -76,9 +76,11 @@ class TrainingRun:
                                                          self.device_count)
         return run_steps(self.config, self.images_per_epoch)
 
-    def write_config(self, precision_used):
-        write_json(self.path(run_folder.CONFIG_FILE),
-                   {**self.config, "precision_used": precision_used, "versions": versions()})
+    def write_config(self, **resolved):
+        """config.json: the hyperparameters, what "auto" settings resolved to (precision_used,
+        likelihood_used), and the versions of the libraries."""
+        self.config.update(resolved)  # what the run's model is built from when it is saved
+        write_json(self.path(run_folder.CONFIG_FILE), {**self.config, "versions": versions()})
 
     def fit_inputs(self, data, shuffle, monitored):
         """(the training batches, the per-epoch held-out batches of `monitored` images), split

@@ -27,6 +27,9 @@ def under_ci():
 
 
 # ---- the fast tier and the full suite ------------------------------------------------------------
+SLOW = "slow: the full suite runs with --runslow"
+
+
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False,
                      help="also run the tests marked slow: the full suite, as CI runs it")
@@ -37,7 +40,7 @@ def pytest_collection_modifyitems(config, items):
     default run is the fast tier."""
     if config.getoption("--runslow"):
         return
-    skip = pytest.mark.skip(reason="slow: the full suite runs with --runslow")
+    skip = pytest.mark.skip(reason=SLOW)
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
@@ -77,7 +80,7 @@ def require_file(path, what, how):
         missing(f"{what} not found at {path}; {how}")
 
 
-# ---- skips: CI fails on one the README does not list ---------------------------------------------
+# ---- skips: each reason said once; CI fails on one the README does not list ----------------------
 _skipped = []
 
 
@@ -85,6 +88,25 @@ def pytest_runtest_logreport(report):
     if report.skipped:
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         _skipped.append((report.nodeid, reason.removeprefix("Skipped: ")))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The skips by reason: the slow tests counted in one line, every other skip with its tests
+    (what -rs would say, without a line for each slow test's place)."""
+    by_reason = {}
+    for node, reason in _skipped:
+        by_reason.setdefault(reason, []).append(node)
+    if not by_reason:
+        return
+    terminalreporter.section("skipped", sep="-")
+    for reason, nodes in by_reason.items():
+        if reason == SLOW:
+            terminalreporter.write_line(f"{len(nodes)} slow test(s) skipped: the full suite runs "
+                                        f"with --runslow")
+            continue
+        terminalreporter.write_line(f"{len(nodes)} skipped: {reason}")
+        for node in nodes:
+            terminalreporter.write_line(f"    {node}")
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -171,7 +171,7 @@ def test_an_inspection_run_reports_image_and_pixel_metrics_and_keeps_its_thresho
 
     _, model = load_run(str(run_dir))
     data = load_dataset(root)
-    scorer = build_anomaly_scorer(model.encoder, model.decoder)
+    scorer = build_anomaly_scorer(model)
     val_scores, _ = anomaly_detection.anomaly_scores(scorer, data.x_val)
     test_scores, _ = anomaly_detection.anomaly_scores(scorer, data.x_test)
     assert kept["image_threshold"] == pytest.approx(np.percentile(val_scores, 99), rel=1e-6)
@@ -187,8 +187,44 @@ def test_an_inspection_run_reports_image_and_pixel_metrics_and_keeps_its_thresho
         assert values["image_auroc"] == pytest.approx(
             anomaly_detection.auroc(test_scores[keep], is_defect[keep]), abs=1e-9)
         assert {"pixel_auroc", "pixel_aupro", "image_aupr", "image_f1_max"} <= set(values)
-    for figure in ("anomaly_roc.png", "anomaly_histograms.png", "anomaly_overlays.png"):
-        assert (run_dir / figure).stat().st_size > 10_000, figure
+    check_the_anomaly_figures(run_dir, len(DEFECTS))
+
+
+def figure_pixels(path):
+    with Image.open(path) as png:
+        assert png.format == "PNG", path
+        return np.asarray(png.convert("RGB"), np.int32)
+
+
+def check_the_anomaly_figures(run_dir, kinds):
+    """The three figures of an inspection run with `kinds` kinds of defect, each shaped as its
+    figure size in inches says (bbox_inches="tight" trims a few pixels) and drawing what it is
+    for."""
+    # ROC (5.5 x 5 inches): one curve for all defects and one per kind, in matplotlib's colour
+    # cycle: its first 1 + kinds colours are drawn (curve and legend), the next one is not.
+    roc = figure_pixels(run_dir / "anomaly_roc.png")
+    assert len(roc) / roc.shape[1] == pytest.approx(5 / 5.5, rel=0.1)
+    cycle = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
+    drawn = [int(np.sum(np.abs(roc - [int(c[i:i + 2], 16) for i in (1, 3, 5)]).sum(-1) < 30))
+             for c in cycle[:kinds + 2]]
+    assert min(drawn[:kinds + 1]) >= 10 and drawn[kinds + 1] < 5, drawn
+    # Histograms (7 x 1.9 inches per kind): one panel per kind, one above the other, each with
+    # the good images' histogram (blue) and the defective ones' (red), half transparent.
+    histograms = figure_pixels(run_dir / "anomaly_histograms.png")
+    height = len(histograms)
+    assert height / histograms.shape[1] == pytest.approx(1.9 * kinds / 7, rel=0.1)
+    for band in range(kinds):
+        panel = histograms[band * height // kinds:(band + 1) * height // kinds]
+        blue, red = panel[..., 2] - panel[..., 0] > 40, panel[..., 0] - panel[..., 2] > 40
+        assert blue.mean() > 0.005 and red.mean() > 0.005, band
+    # Overlays (1.6 x 1.76 inches an image): a row of five for the good images and for each
+    # kind, every row with its heat maps in colour over the grey images.
+    overlays = figure_pixels(run_dir / "anomaly_overlays.png")
+    height, rows = len(overlays), kinds + 1
+    assert height / overlays.shape[1] == pytest.approx(rows * 1.1 / 5, rel=0.1)
+    coloured = overlays.max(axis=-1) - overlays.min(axis=-1) > 40
+    for row in range(rows):
+        assert coloured[row * height // rows:(row + 1) * height // rows].mean() > 0.1, row
 
 
 @pytest.mark.slow
@@ -221,7 +257,7 @@ def export_and_compare(run_dir, x):
     result = run_script("export.py", str(run_dir))
     assert result.returncode == 0, result.stderr[-3000:]
     _, model = load_run(str(run_dir))
-    scores, maps = build_anomaly_scorer(model.encoder, model.decoder).predict_on_batch(x)
+    scores, maps = build_anomaly_scorer(model).predict_on_batch(x)
     session = onnxruntime.InferenceSession(str(run_dir / "scorer.onnx"))
     onnx_scores, onnx_maps = session.run(["anomaly_score", "pixel_loss"], {"image": x})
     # onnxruntime's float32 convolutions round differently from oneDNN's (see export.py): the
@@ -259,16 +295,12 @@ def test_the_exported_scorer_agrees_with_the_run_and_keeps_the_threshold(inspect
 
 
 @pytest.mark.slow
-def test_an_rgb_run_exports_a_scorer_that_agrees(tmp_path):
-    folder = tmp_path / "squares"
-    for name, seed in (("a", 1), ("b", 2)):
-        os.makedirs(folder / name)
-        for index, pixels in enumerate(coloured_squares(24, seed=seed)):
-            Image.fromarray(pixels).save(folder / name / f"{index:03d}.png")
-    result = run_script("train.py", f"--dataset={folder}", "--architecture=strided",
-                        f"--out_dir={tmp_path / 'run'}", "--epochs=1", "--batch_size=16")
-    assert result.returncode == 0, result.stderr[-3000:]
-    export_and_compare(tmp_path / "run", coloured_squares(8, seed=5).astype("float32") / 255)
+def test_an_rgb_run_exports_a_scorer_that_agrees(rgb_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"  # a copy: the export writes into the run folder, which others share
+    shutil.copytree(rgb_run, run)
+    export_and_compare(run, coloured_squares(8, seed=5).astype("float32") / 255)
 
 
 @pytest.mark.slow

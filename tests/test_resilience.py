@@ -91,7 +91,6 @@ def test_sigterm_stops_like_ctrl_c_with_its_own_exit_code_and_the_run_resumes(tm
 
 # A run of other hyperparameters is not overwritten: test_train.py's
 # test_a_refusal_leaves_the_run_in_out_dir_as_it_was.
-@pytest.mark.slow
 def test_out_dir_that_is_a_file_is_refused(tmp_path, fake_mnist_path):
     target = tmp_path / "a_file"
     target.write_text("not a folder")
@@ -113,7 +112,6 @@ def test_divergence_stops_with_a_message_and_saves_no_nan_weights(tmp_path, fake
     assert not (out_dir / "cvae.weights.h5").exists()
 
 
-@pytest.mark.slow
 def test_two_runs_in_one_folder_are_refused(tmp_path, fake_mnist_path):
     from plumbing import run_folder
 

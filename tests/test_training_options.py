@@ -187,11 +187,42 @@ def test_precision_auto_chooses_what_the_hardware_runs_natively(monkeypatch, cap
     assert precision.resolve("mixed_bfloat16") == ("mixed_bfloat16", "as set")
 
 
-def test_this_machines_cpu_flags_are_read():
+def test_the_cpu_flags_are_read_from_proc_cpuinfo(monkeypatch, tmp_path):
+    import io
+    import platform
+
     from plumbing import precision
 
+    # This machine: the words of /proc/cpuinfo's first flags line, read here independently.
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [line for line in f if line.startswith("flags")]
+    except OSError:
+        lines = None
     flags = precision.cpu_flags()
-    assert flags is None or "fpu" in flags  # every x86 CPU lists it; None off Linux
+    if not lines:
+        assert flags is None  # off Linux, or a CPU (ARM) whose cpuinfo has no flags line
+    else:
+        assert flags == set(lines[0].split(":", 1)[1].split())
+        if platform.machine() in ("x86_64", "AMD64", "i686"):
+            assert {"fpu", "sse2"} <= flags  # every x86-64 CPU has both
+
+    # Any cpuinfo: the first flags line's words, not a line that merely contains "flags".
+    def cpuinfo(text):
+        monkeypatch.setattr(precision, "open", lambda *args, **kwargs: io.StringIO(text),
+                            raising=False)
+
+    cpuinfo("processor\t: 0\nvmx flags\t: ept\nflags\t\t: fpu avx512f avx512_bf16 amx_tile\n"
+            "flags\t\t: fpu\n")
+    assert precision.cpu_flags() == {"fpu", "avx512f", "avx512_bf16", "amx_tile"}
+    cpuinfo("processor\t: 0\nFeatures\t: fp asimd\n")  # an ARM CPU's cpuinfo
+    assert precision.cpu_flags() is None
+
+    def unreadable(*args, **kwargs):
+        raise PermissionError("/proc/cpuinfo")
+
+    monkeypatch.setattr(precision, "open", unreadable, raising=False)
+    assert precision.cpu_flags() is None
 
 
 def one_sgd_step(model, x):
@@ -304,16 +335,32 @@ def test_new_images_are_seen_as_a_binarized_run_saw_its_own():
 def test_under_mixed_precision_the_loss_measures_the_float32_pixels():
     # The model does not cast its input: the reconstruction is scored against the pixels, not
     # against their bfloat16 rounding (up to 0.002 away), and a fit step runs.
+    x = np.random.default_rng(0).random((8, *SHAPE)).astype("float32")
     keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
     try:
         model = small_model()
-        x = np.random.default_rng(0).random((8, *SHAPE)).astype("float32")
         seen = model(x, training=True)["image"]
         assert keras.backend.standardize_dtype(seen.dtype) == "float32"
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(seen), x)
+        start = model.get_weights()
         model.compile(optimizer=make_optimizer("rmsprop", 1e-4, total_steps=1, warmup_steps=0,
                                                fused=False))
-        history = model.fit(x, batch_size=8, epochs=1, verbose=0)
-        assert np.isfinite(history.history["loss"][0])
+        logs = {name: values[0] for name, values in
+                model.fit(x, batch_size=8, epochs=1, verbose=0).history.items()}
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
+    # The step's loss is the negative ELBO of the starting weights, as float32 computes it (to
+    # bfloat16's rounding of the decoded pixels and another draw of z: 1e-4 apart, measured):
+    # neither scaled (a loss scale left in) nor summed in bfloat16 (its 64 pixel terms of about
+    # 0.69 nats would round by a fraction of a nat).
+    reference = small_model()
+    reference.set_weights(start)
+    reference.compile(optimizer=keras.optimizers.SGD(0.0))
+    expected = reference.evaluate(x, batch_size=8, verbose=0, return_dict=True)
+    assert logs["loss"] == pytest.approx(logs["reconstruction_loss"] + logs["kl_loss"], rel=1e-5)
+    for name in ("loss", "reconstruction_loss"):
+        assert logs[name] == pytest.approx(expected[name], rel=2e-3), name
+    # And the step moved the weights, to finite values.
+    after = model.get_weights()
+    assert all(np.isfinite(weights).all() for weights in after)
+    assert any(not np.array_equal(a, b) for a, b in zip(start, after))

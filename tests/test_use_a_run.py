@@ -1,4 +1,5 @@
-"""sample.py and score.py on trained runs, grey and RGB, as a user runs them."""
+"""sample.py and score.py on trained runs, grey and RGB, as a user runs them. The runs are
+conftest.py's: finished_run, rgb_run and conditional_run, each trained once per session."""
 
 import csv
 import os
@@ -9,17 +10,9 @@ from PIL import Image
 
 from conftest import coloured_squares, fake_mnist_arrays, run_script, write_images, write_npz
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def rgb_run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("rgb_run")
-    data_path = write_npz(folder, x_train=coloured_squares(60, size=32))
-    result = run_script("train.py", f"--dataset={data_path}", f"--out_dir={folder / 'run'}",
-                        "--epochs=1", "--batch_size=16", "--warmup_steps=2")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return folder / "run"
+# A refusal that comes before Keras loads takes a fraction of a second: those are in the fast
+# tier, the others (several seconds each) are slow.
+slow = pytest.mark.slow
 
 
 def read_rows(path):
@@ -27,6 +20,7 @@ def read_rows(path):
         return list(csv.DictReader(f))
 
 
+@slow
 @pytest.mark.parametrize("kind", ["grey", "rgb"])
 def test_sample_draws_a_grid_and_single_images_reproducibly(kind, finished_run, rgb_run,
                                                             tmp_path):
@@ -45,6 +39,7 @@ def test_sample_draws_a_grid_and_single_images_reproducibly(kind, finished_run, 
     assert not np.array_equal(first[0], first[2])
 
 
+@slow
 def test_sample_interpolates_between_two_image_files(finished_run, tmp_path):
     run = finished_run[0]
     raw = fake_mnist_arrays()
@@ -60,9 +55,10 @@ def test_sample_interpolates_between_two_image_files(finished_run, tmp_path):
 @pytest.mark.parametrize("arguments, message", [
     ([], "Give the run folder first"),
     (["RUN", "--n=0"], "n must be 1 to 10000"),
-    (["RUN", "--interpolate=one.png"], "two image files"),
-    (["RUN", "--interpolate=/no/a.png,/no/b.png"], "Cannot read '/no/a.png'"),
-    (["/no/such/run"], "is not a run folder"),
+    pytest.param(["RUN", "--interpolate=one.png"], "two image files", marks=slow),
+    pytest.param(["RUN", "--interpolate=/no/a.png,/no/b.png"], "Cannot read '/no/a.png'",
+                 marks=slow),
+    pytest.param(["/no/such/run"], "is not a run folder", marks=slow),
 ])
 def test_sample_refuses_bad_input(finished_run, arguments, message):
     arguments = [str(finished_run[0]) if a == "RUN" else a for a in arguments]
@@ -71,6 +67,7 @@ def test_sample_refuses_bad_input(finished_run, arguments, message):
     assert "Traceback" not in result.stderr
 
 
+@slow
 def test_score_files_folders_and_arrays_and_reports_what_it_cannot_read(finished_run, tmp_path):
     run, data_path, _ = finished_run
     raw = fake_mnist_arrays()
@@ -125,10 +122,29 @@ def test_score_files_folders_and_arrays_and_reports_what_it_cannot_read(finished
         assert low - 0.01 <= float(row["percentile"]) <= high + 0.01
         if abs(score - threshold) > 1e-4:
             assert (row["anomalous"] == "True") == (score > threshold)
-    assert len(os.listdir(tmp_path / "maps")) == len(scored)
+    # --figures: one figure per image scored, named by its place and its name, of four panels
+    # side by side: the input and its reconstruction, then the two maps in colour (viridis and
+    # magma), so that for a grey input the left half is grey and the right half coloured.
+    def figure_name(index, path):
+        stem = os.path.splitext(os.path.basename(path.split("[")[0]))[0]
+        keys = [part.strip("]") for part in path.split("[")[1:]]
+        return f"{index:05d}_{'_'.join([stem, *keys])}.png"
+
+    expected = [figure_name(index, row["path"]) for index, row in enumerate(scored)]
+    assert sorted(os.listdir(tmp_path / "maps")) == sorted(expected)
+    for name, row in zip(expected, scored):
+        with Image.open(tmp_path / "maps" / name) as png:
+            assert png.format == "PNG" and png.size[0] > 2.5 * png.size[1], name
+            pixels = np.asarray(png.convert("RGB"), np.int16)
+        coloured = pixels.max(axis=-1) - pixels.min(axis=-1) > 40
+        half = pixels.shape[1] // 2
+        assert coloured[:, half:].mean() > 0.05, name  # the maps are drawn
+        if not row["path"].endswith("colour.png"):
+            assert coloured[:, :half].mean() < 0.01, name  # a grey input stays grey
     assert codes["z_mean"].shape == (len(scored), 2) and len(codes["path"]) == len(scored)
 
 
+@slow
 def test_score_on_an_rgb_run_converts_grey_inputs(rgb_run, tmp_path):
     write_images(tmp_path / "grey", fake_mnist_arrays()["x_test"][:3])
     result = run_script("score.py", str(rgb_run), str(tmp_path / "grey"),
@@ -145,7 +161,7 @@ def test_score_on_an_rgb_run_converts_grey_inputs(rgb_run, tmp_path):
 @pytest.mark.parametrize("arguments, message", [
     (["RUN"], "at least one image file"),
     (["RUN", "x.png", "--percentile=100"], "percentile must be between 0 and 100"),
-    (["/no/such/run", "x.png"], "is not a run folder"),
+    pytest.param(["/no/such/run", "x.png"], "is not a run folder", marks=slow),
 ])
 def test_score_refuses_bad_input(finished_run, arguments, message):
     arguments = [str(finished_run[0]) if a == "RUN" else a for a in arguments]
@@ -154,17 +170,7 @@ def test_score_refuses_bad_input(finished_run, arguments, message):
     assert "Traceback" not in result.stderr
 
 
-@pytest.fixture(scope="module")
-def conditional_run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("conditional_run")
-    data_path = folder / "mnist.npz"
-    np.savez(data_path, **fake_mnist_arrays())
-    result = run_script("train.py", f"--data_path={data_path}", f"--out_dir={folder / 'run'}",
-                        "--epochs=1", "--batch_size=16", "--warmup_steps=2", "--conditional=True")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return folder / "run", str(data_path)
-
-
+@slow
 def test_a_conditional_run_draws_and_scores_the_class_asked_for(conditional_run, tmp_path):
     import json
 
@@ -192,6 +198,7 @@ def test_a_conditional_run_draws_and_scores_the_class_asked_for(conditional_run,
     assert len(read_rows(tmp_path / "scores.csv")) == 60
 
 
+@slow
 def test_conditional_needs_labels(tmp_path):
     data_path = write_npz(tmp_path, x_train=coloured_squares(20, size=8))
     result = run_script("train.py", f"--dataset={data_path}", f"--out_dir={tmp_path / 'run'}",
@@ -199,6 +206,7 @@ def test_conditional_needs_labels(tmp_path):
     assert result.returncode == 2 and "conditional=True needs class labels" in result.stderr
 
 
+@slow
 def test_an_images_score_does_not_depend_on_what_else_is_scored(finished_run, tmp_path):
     run = finished_run[0]
     write_images(tmp_path / "digits", fake_mnist_arrays()["x_test"][:6])
