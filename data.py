@@ -243,7 +243,7 @@ MNIST_LIKE_SHARE = 0.8
 NEAR_BINARY = 0.05
 # The likelihood for every other image set: chosen on validation images of real photographs
 # (docs/likelihoods.md).
-GREY_LEVEL_LIKELIHOOD = "gaussian"
+GREY_LEVEL_LIKELIHOOD = "discretized_logistic"
 
 
 def fitting_likelihood(data, config):

@@ -324,9 +324,11 @@ def print_metrics(metrics):
           + ", ".join(f"{value:.2f}" for value in metrics["kl_per_dimension"]))
     if metrics.get("posterior_collapsed"):
         likelihood = metrics.get("likelihood", "bernoulli")
-        to_try = ("--likelihood=gaussian (a Bernoulli likelihood barely rewards the detail of "
-                  "grey images)" if likelihood == "bernoulli" else
-                  "more epochs or training images, a larger --latent_dim, or --kl_warmup_steps")
+        to_try = "more epochs or training images, a larger --latent_dim, or --kl_warmup_steps"
+        if likelihood == "bernoulli":
+            to_try = (f"{to_try}; for grey-level images such as photographs, "
+                      f"--likelihood=discretized_logistic (a Bernoulli barely rewards their "
+                      f"detail)")
         print(f"warning: the posterior has collapsed: {sum(metrics['kl_per_dimension']):.2f} "
               f"nats of KL in all, so the decoder makes every image from next to nothing of its "
               f"code, and the reconstructions are near one average image. Try {to_try}; "

@@ -74,8 +74,9 @@ def reconstruct(model, x, labels=None):
 def sample_z(z_mean, z_log_var, epsilon):
     """cvae.reparameterize on NumPy arrays, in float32 (what decode() takes) on every backend:
     epsilon is standard normal noise that z_mean and z_log_var broadcast against."""
-    return ops.convert_to_numpy(reparameterize(
-        *(np.asarray(array, dtype="float32") for array in (z_mean, z_log_var, epsilon))))
+    return ops.convert_to_numpy(reparameterize(*(
+        ops.convert_to_tensor(np.asarray(array, dtype="float32"))
+        for array in (z_mean, z_log_var, epsilon))))
 
 
 def straight_line(z_start, z_end, steps):

@@ -27,7 +27,7 @@ binarize: str = None  # None: grey pixels | static: 0/1 at 0.5 | dynamic: 0/1 dr
 architecture: str = "article"  # article: its stride-1 convolutions | strided: halving, for large images
 latent_dim: int = 2  # size of z; the article uses 2, which makes the latent space plottable
 conditional: bool = False  # True: encoder and decoder also see the class (labelled data only)
-likelihood: str = "auto"  # auto: bernoulli for MNIST-like images, else gaussian | bernoulli | gaussian | discretized_logistic
+likelihood: str = "auto"  # auto: bernoulli for MNIST-like images, else discretized_logistic | bernoulli | gaussian | discretized_logistic
 precision: str = "float32"  # float32 | mixed_bfloat16 (CPUs with bf16) | mixed_float16 (GPUs) | auto
 # optimizer
 optimizer: str = "rmsprop"  # rmsprop (the article's) | adam | sgd

@@ -97,7 +97,7 @@ def test_auto_keeps_the_bernoulli_for_mnist_like_images_and_fits_grey_levels_oth
         return ImageData(SHAPE, x, None, x[:5], None, None, "test images")
 
     assert fitting_likelihood(data(binary_like), {"dataset": "folder"})[0] == "bernoulli"
-    assert fitting_likelihood(data(grey), {"dataset": "folder"})[0] == "gaussian"
+    assert fitting_likelihood(data(grey), {"dataset": "folder"})[0] == "discretized_logistic"
     assert fitting_likelihood(data(grey), {"dataset": "mnist"})[0] == "bernoulli"
     assert fitting_likelihood(data(grey), {"dataset": "folder", "binarize": "static"})[0] == \
         "bernoulli"

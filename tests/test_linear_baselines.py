@@ -23,12 +23,13 @@ from benchmarks.photo_crops import (
     write_crop_folder,
     write_inspection_folder,
 )
+from conftest import require_module
 from data import load_dataset
 
 
 def need_photographs():
-    pytest.importorskip("skimage", reason="scikit-image carries the photographs: "
-                                          "pip install -r requirements-dev.txt")
+    require_module("skimage", "scikit-image carries the photographs: "
+                              "pip install -r requirements-dev.txt")
 
 
 @pytest.mark.parametrize("count", [4, 50])  # fewer images than dimensions (Gram path), more
