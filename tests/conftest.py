@@ -159,6 +159,26 @@ def run_script(script, *arguments, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def run_in_process(script, *arguments):
+    """A script's main() called in this process, as run_script runs it in a new one (its exit
+    code, and what it printed), without the seconds a new process spends loading TensorFlow.
+    For the checks of what a script computes; each script keeps one test through run_script."""
+    import io
+
+    from plumbing.errors import ExplainedError
+
+    module = importlib.import_module(script.removesuffix(".py"))
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = module.main(list(arguments))
+        except ExplainedError as error:  # as plumbing.command_line.run_command reports it
+            print(f"error: {error}", file=sys.stderr)
+            code = 2
+    return subprocess.CompletedProcess([script, *arguments], code, out.getvalue(),
+                                       err.getvalue())
+
+
 # ---- the short runs that several modules use: each trained once per session ----------------------
 # Those of finished_run: two epochs of 4 steps on 100 of the 120 made-up digits.
 FINISHED_RUN_SETTINGS = ["--epochs=2", "--batch_size=32", "--train_subset=100",

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import coloured_squares, fake_mnist_arrays, run_script, write_images, write_npz
+from conftest import (
+    coloured_squares,
+    fake_mnist_arrays,
+    run_in_process,
+    run_script,
+    write_images,
+    write_npz,
+)
 
 # A refusal that comes before Keras loads takes a fraction of a second: those are in the fast
 # tier, the others (several seconds each) are slow.
@@ -45,7 +52,7 @@ def test_sample_interpolates_between_two_image_files(finished_run, tmp_path):
     raw = fake_mnist_arrays()
     write_images(tmp_path / "ends", raw["x_test"][:2])
     ends = f"{tmp_path / 'ends' / '000.png'},{tmp_path / 'ends' / '001.png'}"
-    result = run_script("sample.py", str(run), f"--interpolate={ends}", "--steps=6",
+    result = run_in_process("sample.py", str(run), f"--interpolate={ends}", "--steps=6",
                         f"--out_dir={tmp_path / 'out'}")
     assert result.returncode == 0, result.stderr[-2000:]
     with Image.open(tmp_path / "out" / "interpolation.png") as png:
@@ -147,7 +154,7 @@ def test_score_files_folders_and_arrays_and_reports_what_it_cannot_read(finished
 @slow
 def test_score_on_an_rgb_run_converts_grey_inputs(rgb_run, tmp_path):
     write_images(tmp_path / "grey", fake_mnist_arrays()["x_test"][:3])
-    result = run_script("score.py", str(rgb_run), str(tmp_path / "grey"),
+    result = run_in_process("score.py", str(rgb_run), str(tmp_path / "grey"),
                         f"--out={tmp_path / 'scores.csv'}", "--percentile=50")
     assert result.returncode == 0, result.stderr[-2000:]
     rows = read_rows(tmp_path / "scores.csv")
@@ -177,7 +184,7 @@ def test_a_conditional_run_draws_and_scores_the_class_asked_for(conditional_run,
     run, data_path = conditional_run
     config = json.loads((run / "config.json").read_text())
     assert config["conditional"] is True
-    result = run_script("sample.py", str(run), "--class_name=7", "--n=5", "--save_each=True",
+    result = run_in_process("sample.py", str(run), "--class_name=7", "--n=5", "--save_each=True",
                         f"--out_dir={tmp_path / 'sevens'}")
     assert result.returncode == 0, result.stderr[-2000:]
     # The saved images are the decoder's, for the seed's draws and class 7; class 3 differs.
@@ -190,9 +197,9 @@ def test_a_conditional_run_draws_and_scores_the_class_asked_for(conditional_run,
                       for i in range(5)])
     np.testing.assert_array_equal(saved, np.round(seven[..., 0] * 255).astype(np.uint8))
     assert not np.array_equal(saved, np.round(three[..., 0] * 255).astype(np.uint8))
-    refused = run_script("score.py", str(run), data_path)
+    refused = run_in_process("score.py", str(run), data_path)
     assert refused.returncode == 2 and "--class_name" in refused.stderr
-    scored = run_script("score.py", str(run), data_path, "--class_name=3",
+    scored = run_in_process("score.py", str(run), data_path, "--class_name=3",
                         f"--out={tmp_path / 'scores.csv'}")
     assert scored.returncode == 0, scored.stderr[-2000:]
     assert len(read_rows(tmp_path / "scores.csv")) == 60
@@ -210,9 +217,9 @@ def test_conditional_needs_labels(tmp_path):
 def test_an_images_score_does_not_depend_on_what_else_is_scored(finished_run, tmp_path):
     run = finished_run[0]
     write_images(tmp_path / "digits", fake_mnist_arrays()["x_test"][:6])
-    alone = run_script("score.py", str(run), str(tmp_path / "digits" / "003.png"),
+    alone = run_in_process("score.py", str(run), str(tmp_path / "digits" / "003.png"),
                        f"--out={tmp_path / 'alone.csv'}")
-    together = run_script("score.py", str(run), str(tmp_path / "digits"),
+    together = run_in_process("score.py", str(run), str(tmp_path / "digits"),
                           f"--out={tmp_path / 'new' / 'together.csv'}",
                           f"--latents={tmp_path / 'codes'}")
     assert alone.returncode == 0 and together.returncode == 0, together.stderr[-2000:]
