@@ -19,16 +19,16 @@ from scipy import ndimage
 from cvae import binarized, kl_to_standard_normal, pixel_nats, reparameterize
 
 ANOMALY_DRAWS = 16  # K, the noise vectors of the deterministic score
-# The threshold is chosen on the held-out normal images alone, never on the test labels: the
-# anomaly score that ANOMALY_PERCENTILE of them stay under, and the per-pixel score that
-# PIXEL_PERCENTILE of their pixels stay under (one false-positive pixel in a thousand).
-ANOMALY_PERCENTILE = 99.0
+# The thresholds are chosen on the held-out normal images alone, never on the test labels: the
+# image threshold by conformal_threshold, to flag FLAGGED_GOOD_RATE of good images, and the
+# per-pixel one that PIXEL_PERCENTILE of their pixels stay under (one pixel in a thousand).
+FLAGGED_GOOD_RATE = 0.01  # the share of good images the image threshold is meant to flag
 PIXEL_PERCENTILE = 99.9
 MAX_FPR = 0.3  # the AUPRO's bound, as MVTec AD defines it
 
 
 # ---- the scorer ---------------------------------------------------------------------------------
-def build_anomaly_scorer(model, draws=ANOMALY_DRAWS, seed=0, binarize=None):
+def build_anomaly_scorer(model, draws=ANOMALY_DRAWS, seed=0, binarize=None, scoring=None):
     """images (and labels, for a conditional model) -> [anomaly_score (N,), pixel_loss (N, height,
     width)], deterministic, from a CVAE's encoder and decoder, under its likelihood.
 
@@ -39,7 +39,32 @@ def build_anomaly_scorer(model, draws=ANOMALY_DRAWS, seed=0, binarize=None):
     number the evaluation saw is the number score.py and the exported scorer.onnx give.
     binarize="static" (the run's setting) thresholds the images at 0.5 inside the model, as the
     run saw its own, so that the exported file needs no preprocessing only this project knows.
+
+    scoring: what an inspection run chose on its validation defects (choose_scoring), or None
+    for the above. With {"pixel_map", "smoothing_sigma", "image_score"}, pixel_loss is the map
+    named (PIXEL_MAPS) smoothed by a Gaussian of smoothing_sigma pixels inside the model, and
+    anomaly_score is the negative ELBO ("total") or that map's largest value ("peak").
     """
+    inputs, score, maps = _scorer_graph(model, draws, seed, binarize)
+    pixel_map = maps["loss"]
+    if scoring is not None:
+        pixel_map = smoothed_in_graph(maps[scoring["pixel_map"]], scoring["smoothing_sigma"])
+        if scoring["image_score"] == "peak":
+            score = ops.max(pixel_map, axis=(1, 2))
+    return keras.Model(inputs, [score, pixel_map], name="anomaly_scorer")
+
+
+def build_candidate_scorer(model, draws=ANOMALY_DRAWS, seed=0):
+    """images (and labels) -> [negative ELBO (N,), one map per PIXEL_MAPS entry, unsmoothed]:
+    everything choose_scoring compares, in one pass."""
+    inputs, score, maps = _scorer_graph(model, draws, seed, None)
+    return keras.Model(inputs, [score, *(maps[name] for name in PIXEL_MAPS)],
+                       name="candidate_scorer")
+
+
+def _scorer_graph(model, draws, seed, binarize):
+    """(inputs, the negative ELBO with fixed draws, {name: (N, height, width) map}) as keras
+    tensors: the common part of the scorers above."""
     encoder, decoder = model.encoder, model.decoder
     image_shape = tuple(encoder.inputs[0].shape[1:])
     latent_dim = decoder.inputs[0].shape[-1]
@@ -59,30 +84,69 @@ def build_anomaly_scorer(model, draws=ANOMALY_DRAWS, seed=0, binarize=None):
     z = ops.reshape(z, (-1, latent_dim))  # (N * K, latent), image by image
     decoded = decoder([z, ops.repeat(inputs[1], draws, axis=0)] if len(inputs) == 2 else z)
     decoded = ops.reshape(decoded, (-1, draws) + image_shape)  # (N, K, *image_shape)
-    pixel_loss = ops.sum(ops.mean(pixel_nats(image[:, None], decoded, model.likelihood,
-                                             log_scale), axis=1), axis=-1)
-    score = ops.sum(pixel_loss, axis=(1, 2)) + kl_to_standard_normal(z_mean, z_log_var)
-    return keras.Model(inputs if len(inputs) == 2 else given, [score, pixel_loss],
-                       name="anomaly_scorer")
+
+    def expected_over_draws(nats):  # (N, K, h, w, c) -> (N, h, w): mean over K, sum over c
+        return ops.sum(ops.mean(nats, axis=1), axis=-1)
+
+    nats = pixel_nats(image[:, None], decoded, model.likelihood, log_scale)
+    # What the decoder expects to lose at its own mean: for the Bernoulli its entropy, large
+    # on a stroke's uncertain edge and 0 on sure background; for the others nearly constant.
+    own = pixel_nats(decoded, decoded, model.likelihood, log_scale)
+    maps = {"loss": expected_over_draws(nats), "excess_loss": expected_over_draws(nats - own)}
+    score = ops.sum(maps["loss"], axis=(1, 2)) + kl_to_standard_normal(z_mean, z_log_var)
+    return inputs if len(inputs) == 2 else given, score, maps
+
+
+def gaussian_kernel(sigma):
+    """scipy.ndimage.gaussian_filter's 1-D kernel: radius int(4 sigma + 0.5), normalized."""
+    radius = int(4.0 * sigma + 0.5)
+    weights = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    return (weights / weights.sum()).astype("float32")
+
+
+def smoothed_in_graph(maps, sigma):
+    """(N, height, width) maps blurred by a Gaussian of sigma pixels with keras.ops, mirrored at
+    the borders: smooth(maps, sigma, mode="mirror") as part of a model, so that the exported
+    file smooths as the evaluation did. Two 1-D convolutions (the Gaussian is separable); ONNX
+    pads by reflection ("reflect"), which is scipy's "mirror", not its default "reflect"."""
+    kernel = gaussian_kernel(sigma)
+    radius = len(kernel) // 2
+    x = maps[..., None]
+    x = ops.pad(x, [[0, 0], [radius, radius], [0, 0], [0, 0]], mode="reflect")
+    x = ops.conv(x, kernel.reshape(-1, 1, 1, 1), padding="valid")
+    x = ops.pad(x, [[0, 0], [0, 0], [radius, radius], [0, 0]], mode="reflect")
+    x = ops.conv(x, kernel.reshape(1, -1, 1, 1), padding="valid")
+    return x[..., 0]
 
 
 def anomaly_scores(scorer, x, labels=None, batch_size=32):
-    """(anomaly_score (N,), pixel_loss (N, height, width)) of build_anomaly_scorer's scorer;
-    batches of 32 images, so that K decodes of each fit in memory."""
-    scores, maps = [], []
+    """(anomaly_score (N,), pixel_loss (N, height, width)) of build_anomaly_scorer's scorer (and
+    every further map of build_candidate_scorer's); batches of 32 images, so that K decodes of
+    each fit in memory. A short last batch is padded with copies of its first image (each image
+    is scored on its own), so that every call has one shape and TensorFlow traces once."""
+    outputs = []
     for start in range(0, len(x), batch_size):
         batch = x[start:start + batch_size]
-        score, pixel_loss = scorer.predict_on_batch(
-            batch if labels is None else [batch, labels[start:start + batch_size]])
-        scores.append(score)
-        maps.append(pixel_loss)
-    return np.concatenate(scores).astype(np.float64), np.concatenate(maps)
+        batch_labels = None if labels is None else labels[start:start + batch_size]
+        count = len(batch)
+        if count < batch_size and len(x) > batch_size:
+            batch = np.concatenate([batch, np.repeat(batch[:1], batch_size - count, axis=0)])
+            if batch_labels is not None:
+                batch_labels = np.concatenate(
+                    [batch_labels, np.repeat(batch_labels[:1], batch_size - count)])
+        results = scorer.predict_on_batch(batch if labels is None else [batch, batch_labels])
+        outputs.append([np.asarray(result)[:count] for result in results])
+    score, *maps = (np.concatenate(parts) for parts in zip(*outputs))
+    return (score.astype(np.float64), *maps)
 
 
-def smooth(maps, sigma):
+def smooth(maps, sigma, mode="reflect"):
     """Each (height, width) map blurred by a Gaussian of sigma pixels: a defect spans several
-    pixels, noise one (scipy.ndimage's filter, axis 0 being the images)."""
-    return ndimage.gaussian_filter(np.asarray(maps, dtype=np.float64), sigma=(0, sigma, sigma))
+    pixels, noise one (scipy.ndimage's filter, axis 0 being the images). mode="mirror" is what
+    the scorer's smoothed_in_graph does; "reflect", scipy's default, is what runs whose kept
+    threshold predates it were scored with."""
+    return ndimage.gaussian_filter(np.asarray(maps, dtype=np.float64), sigma=(0, sigma, sigma),
+                                   mode=mode)
 
 
 def smoothing_sigma(image_shape):
@@ -195,11 +259,73 @@ def detection_metrics(scores, maps, is_defect, masks, has_mask):
     return result
 
 
+# ---- choosing the score on synthetic defects, and the threshold ----------------------------------
+SIGMA_FACTORS = (0.5, 1.0, 2.0)  # the smoothings tried, times smoothing_sigma(image_shape)
+PIXEL_MAPS = {"loss": "the expected per-pixel loss, -E_q[log p(x_i|z)]",
+              "excess_loss": "the expected per-pixel loss less the loss the decoder expects at "
+                             "its own mean (for the Bernoulli: its entropy)"}
+IMAGE_SCORES = {"total": "sum (for the CVAE with its KL term: the negative ELBO)",
+                "peak": "largest smoothed value"}
+
+
+def choose_scoring(clean, defective, masks, base_sigma):
+    """The scoring chosen on the validation split, never on test labels: clean = (totals (N,),
+    {map name: (N, height, width)}) of held-out normal images, defective = the same of those
+    images with synthetic defects (synthetic_defects.py), masks bool (N, height, width) where
+    drawn.
+
+    First the map and smoothing whose pixel AUROC (over both sets' pixels) is highest, then, for
+    it, the image score (IMAGE_SCORES) whose image AUROC is highest; ties keep the first.
+    Returns ({"pixel_map", "smoothing_sigma", "image_score"}, every candidate's AUROC)."""
+    is_defect = np.r_[np.zeros(len(clean[0]), bool), np.ones(len(defective[0]), bool)]
+    truth = np.concatenate([np.zeros_like(masks, dtype=bool), masks]).ravel()
+    table, best = {"total_image_auroc": auroc(np.r_[clean[0], defective[0]], is_defect)}, None
+    for name in clean[1]:
+        maps = np.concatenate([clean[1][name], defective[1][name]])
+        for factor in SIGMA_FACTORS:
+            sigma = float(factor * base_sigma)
+            smoothed = smooth(maps, sigma, mode="mirror")
+            row = {"pixel_auroc": auroc(smoothed.ravel(), truth),
+                   "peak_image_auroc": auroc(smoothed.max(axis=(1, 2)), is_defect)}
+            table[f"{name}_sigma_{sigma:.3g}"] = row
+            if best is None or row["pixel_auroc"] > best[2]["pixel_auroc"]:
+                best = (name, sigma, row)
+    name, sigma, row = best
+    image_score = "peak" if row["peak_image_auroc"] > table["total_image_auroc"] else "total"
+    return {"pixel_map": name, "smoothing_sigma": sigma, "image_score": image_score}, table
+
+
+def scored(scoring, totals, maps):
+    """(image scores, smoothed map) of a detector's totals and raw maps ({name: maps}) under a
+    scoring: what build_anomaly_scorer(model, scoring=scoring) computes inside the model."""
+    smoothed = smooth(maps[scoring["pixel_map"]], scoring["smoothing_sigma"], mode="mirror")
+    return (smoothed.max(axis=(1, 2)) if scoring["image_score"] == "peak" else
+            np.asarray(totals, dtype=np.float64)), smoothed
+
+
+def conformal_threshold(clean_scores, rate=FLAGGED_GOOD_RATE):
+    """The image threshold from the scores of n held-out normal images: flag a score above the
+    k-th largest of them, k = max(1, round(rate (n + 1))). For images exchangeable with the
+    held-out ones, a good image is then flagged with probability k / (n + 1) exactly (ties
+    aside), and this one threshold's own rate, which depends on the held-out draw, follows
+    Beta(k, n + 1 - k) (split conformal prediction: Vovk et al. 2005; Angelopoulos & Bates
+    2021, "A Gentle Introduction to Conformal Prediction", section 3.2). Returns (threshold,
+    that probability, the Beta's central 90% interval)."""
+    from scipy import stats
+
+    scores = np.sort(np.asarray(clean_scores, dtype=np.float64))
+    n = len(scores)
+    k = max(1, int(round(rate * (n + 1))))
+    interval = stats.beta(k, n + 1 - k).ppf([0.05, 0.95])
+    return float(scores[n - k]), k / (n + 1), [float(interval[0]), float(interval[1])]
+
+
 # ---- an inspection set --------------------------------------------------------------------------
 def evaluate_inspection_set(model, data, run_dir):
-    """Score an inspection set's held-out normal and test images, compute every metric, keep the
-    threshold (anomaly_threshold.json) and draw anomaly_roc.png, anomaly_histograms.png and
-    anomaly_overlays.png; returns metrics["anomaly"]."""
+    """Score an inspection set's held-out normal and test images with the CVAE and with the
+    baselines, compute every metric, keep the threshold (anomaly_threshold.json) and draw
+    anomaly_roc.png, anomaly_histograms.png, anomaly_overlays.png and anomaly_validation.png;
+    returns metrics["anomaly"]."""
     from plumbing.atomic_files import write_json
     from plumbing.run_folder import ANOMALY_THRESHOLD_FILE
 
@@ -210,59 +336,112 @@ def evaluate_inspection_set(model, data, run_dir):
 
 
 def inspection_metrics(model, data):
-    """(metrics["anomaly"], the smoothed pixel maps of the validation and test images) of an
-    inspection set: image- and pixel-level metrics, overall and per defect kind, the threshold
-    chosen on the held-out normal images, and what it flags."""
-    scorer = build_anomaly_scorer(model)
-    sigma = smoothing_sigma(data.image_shape)
-    val_scores, val_maps = anomaly_scores(scorer, data.x_val)
-    test_scores, test_maps = anomaly_scores(scorer, data.x_test)
-    val_maps, test_maps = smooth(val_maps, sigma), smooth(test_maps, sigma)
-    threshold = {
-        "score": f"anomaly_score: the negative ELBO in nats with {ANOMALY_DRAWS} fixed draws "
-                 f"(anomaly.build_anomaly_scorer), the same for every image",
-        "image_threshold": float(np.percentile(val_scores, ANOMALY_PERCENTILE)),
-        "pixel_threshold": float(np.percentile(val_maps, PIXEL_PERCENTILE)),
-        "rule": f"the {ANOMALY_PERCENTILE:g}th percentile of the anomaly scores of the "
-                f"{len(val_scores)} held-out normal images; for pixels, the "
-                f"{PIXEL_PERCENTILE:g}th percentile of their smoothed per-pixel loss",
-        "smoothing_sigma": sigma, "draws": ANOMALY_DRAWS, "seed": 0}
+    """(metrics["anomaly"], the maps the figures draw) of an inspection set. For the CVAE and
+    each baseline (anomaly_baselines.py) alike: the scoring chosen on the held-out normal images
+    and their synthetic defects, then image- and pixel-level metrics on the test split, overall
+    and per defect kind, and what the threshold flags. The CVAE's are at the top level, the
+    baselines' under "baselines", the choice under "validation"."""
+    from anomaly_baselines import fit_baselines
+    from synthetic_defects import KINDS, draw_synthetic_defects
+
+    synthetic, synthetic_masks, synthetic_kinds = draw_synthetic_defects(data.x_val)
+    scorer = build_candidate_scorer(model)
+
+    def cvae(x):
+        score, *maps = anomaly_scores(scorer, x)
+        return score, dict(zip(PIXEL_MAPS, maps))
+
+    detectors = {"cvae": cvae}
+    for name, baseline in fit_baselines(data.x_train).items():
+        detectors[name] = lambda x, baseline=baseline: _totals_and_maps(baseline.maps(x))
+    base_sigma = smoothing_sigma(data.image_shape)
+    results, validation, figure_maps = {}, {}, {}
+    for name, detector in detectors.items():
+        clean, test = detector(data.x_val), detector(data.x_test)
+        defective = detector(synthetic)
+        scoring, validation[name] = choose_scoring(clean, defective, synthetic_masks, base_sigma)
+        results[name], figure_maps[name] = _test_metrics(data, scoring, clean, test)
+        if name == "cvae":
+            figure_maps["synthetic"] = (synthetic, scored(scoring, *defective), synthetic_masks,
+                                        synthetic_kinds)
+    anomaly = results.pop("cvae")
+    anomaly["baselines"] = results
+    anomaly["validation"] = {
+        "images": len(data.x_val), "kinds": list(KINDS), "candidates": validation,
+        "how": "the held-out normal images, and the same images with one synthetic defect each "
+               "(synthetic_defects.py), never the test split: the smoothing with the best pixel "
+               "AUROC, then the image score with the best image AUROC"}
+    draws = {"draws": ANOMALY_DRAWS, "seed": 0}
+    anomaly["threshold"].update(draws)
+    anomaly["threshold"]["score"] = (
+        f"anomaly_score: the {IMAGE_SCORES[anomaly['scoring']['image_score']]} of pixel_loss; "
+        f"pixel_loss: {PIXEL_MAPS[anomaly['scoring']['pixel_map']]}, {ANOMALY_DRAWS} fixed draws "
+        f"of z (anomaly.build_anomaly_scorer), smoothed at sigma="
+        f"{anomaly['scoring']['smoothing_sigma']:.3g} pixels")
+    return anomaly, figure_maps
+
+
+def _totals_and_maps(maps):
+    return maps.sum(axis=(1, 2)), {"squared_residual": maps}
+
+
+def _test_metrics(data, scoring, clean, test):
+    """One detector's metrics["anomaly"] entry under its chosen scoring, and its smoothed maps
+    and scores of the test images (for the figures)."""
+    val_scores, val_maps = scored(scoring, *clean)
+    test_scores, test_maps = scored(scoring, *test)
     is_defect = data.y_test > 0
-    anomaly = detection_metrics(test_scores, test_maps, is_defect, data.test_masks,
-                                data.has_mask)
-    anomaly["per_defect"] = {}
+    result = detection_metrics(test_scores, test_maps, is_defect, data.test_masks, data.has_mask)
+    image_threshold, expected, interval = conformal_threshold(val_scores)
+    flagged = test_scores > image_threshold
+    result["per_defect"] = {}
     for label, kind in enumerate(data.class_names[1:], start=1):
         keep = (data.y_test == 0) | (data.y_test == label)  # the good images and this kind
-        anomaly["per_defect"][kind] = detection_metrics(
+        result["per_defect"][kind] = detection_metrics(
             test_scores[keep], test_maps[keep], is_defect[keep], data.test_masks[keep],
             data.has_mask[keep])
-    flagged = test_scores > threshold["image_threshold"]
-    anomaly.update(threshold=threshold, flagged_good=float(np.mean(flagged[~is_defect])),
-                   flagged_defective=float(np.mean(flagged[is_defect])),
-                   images_without_mask=int(np.sum(~data.has_mask)))
-    alternative = test_maps.max(axis=(1, 2))
-    anomaly["alternative"] = {
-        "score": f"the largest value of the per-pixel loss smoothed at sigma={sigma:g}",
-        "image_auroc": auroc(alternative, is_defect),
-        "image_aupr": average_precision(alternative, is_defect)}
-    return anomaly, {"test": test_maps, "test_scores": test_scores, "val": val_maps}
+        result["per_defect"][kind]["flagged"] = float(np.mean(flagged[data.y_test == label]))
+    good = int(np.sum(~is_defect))
+    result.update(
+        scoring=scoring,
+        threshold={
+            "scoring": scoring, "image_threshold": image_threshold,
+            "pixel_threshold": float(np.percentile(val_maps, PIXEL_PERCENTILE)),
+            "smoothing_sigma": scoring["smoothing_sigma"], "smoothed_in_scorer": True,
+            "expected_flagged_good": expected, "flagged_good_interval_90": interval,
+            "rule": f"above the anomaly score ranked {int(round(expected * (len(val_scores) + 1)))}"
+                    f" from the top among the {len(val_scores)} held-out normal images (flags "
+                    f"{100 * expected:.2f}% of good images on average); for pixels, the "
+                    f"{PIXEL_PERCENTILE:g}th percentile of their smoothed per-pixel loss"},
+        flagged_good=float(np.mean(flagged[~is_defect])), flagged_good_count=int(
+            np.sum(flagged[~is_defect])), good_test_images=good,
+        flagged_defective=float(np.mean(flagged[is_defect])),
+        images_without_mask=int(np.sum(~data.has_mask)))
+    return result, {"test": test_maps, "test_scores": test_scores, "val": val_maps}
 
 
 def _draw_inspection_figures(data, maps, anomaly, run_dir):
     import plotting
 
-    scores, is_defect = maps["test_scores"], data.y_test > 0
+    model_maps = maps["cvae"]
+    scores, is_defect = model_maps["test_scores"], data.y_test > 0
     curves = {"all defects": (*roc_curve(scores, is_defect), anomaly["image_auroc"])}
     for label, kind in enumerate(data.class_names[1:], start=1):
         keep = (data.y_test == 0) | (data.y_test == label)
         curves[kind] = (*roc_curve(scores[keep], is_defect[keep]),
                         anomaly["per_defect"][kind]["image_auroc"])
+    for name, result in anomaly["baselines"].items():
+        curves[f"baseline {name}, all"] = (*roc_curve(maps[name]["test_scores"], is_defect),
+                                           result["image_auroc"])
     plotting.plot_anomaly_rocs(curves, os.path.join(run_dir, "anomaly_roc.png"))
     threshold = anomaly["threshold"]
+    score_name = (f"the {IMAGE_SCORES[anomaly['scoring']['image_score']]} of the per-pixel "
+                  f"loss (nats)")
     plotting.plot_anomaly_histograms(
         scores[~is_defect], {kind: scores[data.y_test == label]
                              for label, kind in enumerate(data.class_names) if label > 0},
-        threshold["image_threshold"], os.path.join(run_dir, "anomaly_histograms.png"))
+        threshold["image_threshold"], os.path.join(run_dir, "anomaly_histograms.png"),
+        score_name)
     rows = []
     for label, kind in enumerate(data.class_names):
         chosen = np.flatnonzero(data.y_test == label)
@@ -270,7 +449,16 @@ def _draw_inspection_figures(data, maps, anomaly, run_dir):
         # The highest-scored good images; of a defect, its three most and two least anomalous.
         chosen = chosen[:5] if label == 0 else np.r_[chosen[:3], chosen[-2:][::-1]][:len(chosen)]
         name = "good, highest" if label == 0 else f"{kind}: most, least"
-        rows.append((name, data.x_test[chosen], maps["test"][chosen],
+        rows.append((name, data.x_test[chosen], model_maps["test"][chosen],
                      data.test_masks[chosen], scores[chosen]))
     plotting.plot_anomaly_overlays(rows, threshold["pixel_threshold"],
                                    os.path.join(run_dir, "anomaly_overlays.png"))
+    # What the scoring was chosen on: the first five synthetic defects of each kind.
+    images, (synthetic_scores, synthetic_maps), masks, kinds = maps["synthetic"]
+    kinds = np.asarray(kinds)
+    rows = [(f"synthetic {kind}", images[chosen], synthetic_maps[chosen], masks[chosen],
+             synthetic_scores[chosen])
+            for kind in dict.fromkeys(kinds) for chosen in [np.flatnonzero(kinds == kind)[:5]]]
+    plotting.plot_anomaly_overlays(
+        rows, threshold["pixel_threshold"], os.path.join(run_dir, "anomaly_validation.png"),
+        title="Held-out normal images with synthetic defects, which chose the scoring")

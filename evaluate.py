@@ -336,14 +336,31 @@ def print_metrics(metrics):
     if "auroc" in metrics:
         print(f"AUROC for the held-out class {metrics['holdout_class']}: {metrics['auroc']:.3f}")
     if "anomaly" in metrics:
-        anomaly, threshold = metrics["anomaly"], metrics["anomaly"]["threshold"]
-        pixel = (f", pixel AUROC {anomaly['pixel_auroc']:.3f}, AUPRO {anomaly['pixel_aupro']:.3f}"
-                 if "pixel_auroc" in anomaly else "")
-        print(f"Defects: image AUROC {anomaly['image_auroc']:.3f}, AUPR "
-              f"{anomaly['image_aupr']:.3f}{pixel}. At the threshold kept with the run "
-              f"({threshold['image_threshold']:.2f} nats, chosen on the held-out normal images) "
-              f"{100 * anomaly['flagged_defective']:.1f}% of the defective and "
-              f"{100 * anomaly['flagged_good']:.1f}% of the good test images are flagged.")
+        print_anomaly_metrics(metrics["anomaly"])
+
+
+def print_anomaly_metrics(anomaly):
+    """The inspection set's result, the CVAE beside the baselines on the same images, and what
+    the kept threshold flags against what it promises."""
+    def pixel(result):
+        return (f", pixel AUROC {result['pixel_auroc']:.3f}, AUPRO {result['pixel_aupro']:.3f}"
+                if "pixel_auroc" in result else "")
+
+    scoring, threshold = anomaly["scoring"], anomaly["threshold"]
+    print(f"Defects: image AUROC {anomaly['image_auroc']:.3f}, AUPR "
+          f"{anomaly['image_aupr']:.3f}{pixel(anomaly)} (image score: the per-pixel loss's "
+          f"{scoring['image_score']}, smoothed at sigma={scoring['smoothing_sigma']:.3g}, both "
+          f"chosen on synthetic defects drawn on the held-out images).")
+    for name, result in anomaly["baselines"].items():
+        print(f"  baseline {name}: image AUROC {result['image_auroc']:.3f}{pixel(result)} "
+              f"(its {result['scoring']['image_score']}, chosen the same way)")
+    low, high = threshold["flagged_good_interval_90"]
+    print(f"At the threshold kept with the run ({threshold['image_threshold']:.4g}, chosen on "
+          f"the held-out normal images to flag {100 * threshold['expected_flagged_good']:.1f}% "
+          f"of good images, this one between {100 * low:.1f}% and {100 * high:.1f}% with 90% "
+          f"probability) {100 * anomaly['flagged_defective']:.1f}% of the defective and "
+          f"{100 * anomaly['flagged_good']:.1f}% ({anomaly['flagged_good_count']} of "
+          f"{anomaly['good_test_images']}) of the good test images are flagged.")
 
 
 if __name__ == "__main__":

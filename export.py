@@ -6,10 +6,12 @@ The scorer is anomaly.build_anomaly_scorer, the model whose numbers the evaluati
 report. Its input "image" is a float32 batch (N, height, width, channels) of the run's image
 shape with values in [0, 1]: the images as the run takes them, resized, grey or RGB, divided by
 255 (a conditional run's scorer also takes "label", int32 (N,)). Its outputs are
-"anomaly_score" (N,), the negative ELBO in nats with fixed draws, and "pixel_loss" (N, height,
-width), the expected per-pixel loss before smoothing. A statically binarized run's file thresholds
-its input at 0.5 itself. The threshold kept with an inspection run
-goes into the file's metadata (image_threshold, pixel_threshold, smoothing_sigma).
+"anomaly_score" (N,) and "pixel_loss" (N, height, width), the expected per-pixel loss with fixed
+draws of z. For an inspection run they are what its evaluation chose on synthetic defects (the
+metadata's "score" says which: the negative ELBO or the smoothed map's peak, the map smoothed
+inside the file), and the threshold kept with it goes into the metadata (image_threshold,
+pixel_threshold, smoothing_sigma, scoring); for any other run, the negative ELBO in nats and the
+map before smoothing. A statically binarized run's file thresholds its input at 0.5 itself.
 
 The route is Keras's own model.export(format="onnx"), through TensorFlow and tf2onnx, whatever
 backend trained the run (its weights are the same on every backend). Before the file replaces
@@ -41,13 +43,16 @@ def main(argv):
     from anomaly import build_anomaly_scorer
     from data import load_dataset_of_run
     from plumbing.atomic_files import write_atomically
-    from plumbing.run_folder import SCORER_FILE
+    from plumbing.run_folder import SCORER_FILE, kept_threshold
     from saved_run import load_run
 
     config, model = load_run(run_dir)
     # A statically binarized run's file thresholds its input itself (score.py and the explorer
     # threshold new images before their scorer; here no project code stands before the file).
-    scorer = build_anomaly_scorer(model, binarize=config.get("binarize"))
+    # An inspection run's file scores and smooths as the kept threshold was chosen for.
+    kept = kept_threshold(run_dir) or {}
+    scorer = build_anomaly_scorer(model, binarize=config.get("binarize"),
+                                  scoring=kept.get("scoring"))
     data = load_dataset_of_run(config, run_dir)
     count = max(1, min(settings["check_images"], len(data.x_test)))
     inputs = [data.x_test[:count]] + ([data.y_test[:count].astype("int32")]
@@ -77,8 +82,7 @@ def main(argv):
 
 def scorer_metadata(run_dir, config):
     """What the file says of itself: its input, and the threshold kept with the run."""
-    from plumbing.atomic_files import read_json
-    from plumbing.run_folder import ANOMALY_THRESHOLD_FILE, image_shape_of
+    from plumbing.run_folder import image_shape_of, kept_threshold
 
     shape = image_shape_of(config)
     binarized = (", thresholded at 0.5 inside the file (the run trained on binarized images)"
@@ -86,11 +90,12 @@ def scorer_metadata(run_dir, config):
     metadata = {"input": f"float32 (N, {shape[0]}, {shape[1]}, {shape[2]}) in [0, 1]{binarized}",
                 "image_shape": json.dumps(list(shape)),
                 "class_names": json.dumps(config.get("data", {}).get("class_names"))}
-    path = os.path.join(run_dir, ANOMALY_THRESHOLD_FILE)
-    if os.path.isfile(path):
-        kept = read_json(path)
+    kept = kept_threshold(run_dir)
+    if kept is not None:
         metadata.update({key: str(kept[key]) for key in
                          ("image_threshold", "pixel_threshold", "smoothing_sigma", "rule")})
+        if "scoring" in kept:  # the outputs as this run's scorer computes them
+            metadata.update(scoring=json.dumps(kept["scoring"]), score=kept["score"])
     return metadata
 
 

@@ -223,10 +223,12 @@ def save_gif(frame_paths, path, seconds_per_frame=0.7):
 
 # ---- anomaly detection on labelled defects -------------------------------------------------------
 def plot_anomaly_rocs(curves, path):
-    """curves: {name: (fpr, tpr, auroc)}, each defect kind against the good test images."""
+    """curves: {name: (fpr, tpr, auroc)}, each defect kind against the good test images; a
+    name starting "baseline" is drawn dashed, for comparison."""
     fig, ax = plt.subplots(figsize=(5.5, 5))
     for name, (fpr, tpr, auc) in curves.items():
-        ax.plot(fpr, tpr, label=f"{name}: AUROC {auc:.3f}", lw=2 if name == "all defects" else 1)
+        ax.plot(fpr, tpr, label=f"{name}: AUROC {auc:.3f}", lw=2 if name == "all defects" else 1,
+                ls="--" if name.startswith("baseline") else "-")
     ax.plot([0, 1], [0, 1], "k:", label="chance")
     ax.set_xlabel("false-positive rate (good images flagged)")
     ax.set_ylabel("true-positive rate (defective images flagged)")
@@ -236,9 +238,9 @@ def plot_anomaly_rocs(curves, path):
     return _save(fig, path)
 
 
-def plot_anomaly_histograms(good, defects, threshold, path):
+def plot_anomaly_histograms(good, defects, threshold, path, score_name):
     """Score histograms: the good test images against each kind of defect (defects: {kind:
-    scores}), with the stored threshold."""
+    scores}), with the stored threshold; score_name labels the axis."""
     kinds = list(defects)
     fig, axes = plt.subplots(len(kinds), 1, figsize=(7, 1.9 * len(kinds)), sharex=True,
                              squeeze=False)
@@ -250,13 +252,14 @@ def plot_anomaly_histograms(good, defects, threshold, path):
         ax.axvline(threshold, color="k", ls="--", lw=1, label="threshold")
         ax.legend(fontsize=8, loc="upper right")
         ax.set_yticks([])
-    axes[-1, 0].set_xlabel("anomaly score: negative ELBO with fixed draws (nats)")
+    axes[-1, 0].set_xlabel(f"anomaly score: {score_name}")
     fig.suptitle("Anomaly scores of the test images", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
 
-def plot_anomaly_overlays(rows, pixel_threshold, path):
+def plot_anomaly_overlays(rows, pixel_threshold, path,
+                          title="Most and least anomalous test images of each kind"):
     """One row per (row name, images, pixel maps, ground-truth masks or None, scores): each image
     in grey with its pixel map as a heat map over it, the region above pixel_threshold outlined
     in cyan and the true defect in green, and its score above it."""
@@ -283,10 +286,9 @@ def plot_anomaly_overlays(rows, pixel_threshold, path):
             if masks is not None and np.any(masks[c]):
                 ax.contour(masks[c] > 0, levels=[0.5], colors="lime", linewidths=1,
                            linestyles="dashed")
-            ax.set_title(f"{scores[c]:.1f} nats", fontsize=8, pad=2)
+            ax.set_title(f"{scores[c]:.4g}", fontsize=8, pad=2)
         axes_row[0].set_ylabel(name, fontsize=8)
-    fig.suptitle("Most and least anomalous test images of each kind (cyan: predicted region, "
-                 "green: true defect)", fontsize=9)
+    fig.suptitle(f"{title} (cyan: predicted region, green: true defect)", fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -118,7 +118,7 @@ def score_rows(model, x, names, label, test_scores, rule, image_shape, settings)
     scores, z_mean, z_log_var = measures.negative_elbo_of_new_images(model, x, settings["seed"],
                                                                      labels)
     anomaly, maps = anomaly_detection.anomaly_scores(
-        anomaly_detection.build_anomaly_scorer(model), x, labels)
+        anomaly_detection.build_anomaly_scorer(model, scoring=rule["scoring"]), x, labels)
     compared = anomaly if rule["column"] == "anomaly_score" else scores
     rows = [{"path": name, "negative_elbo_nats": f"{score:.4f}",
              "bits_per_dim": f"{measures.bits_per_dim(score, image_shape, model.likelihood):.6f}",
@@ -127,9 +127,10 @@ def score_rows(model, x, names, label, test_scores, rule, image_shape, settings)
              "anomalous": bool(value > rule["threshold"]), "error": ""}
             for name, score, anomaly_score, value in zip(names, scores, anomaly, compared)]
     if settings["masks"]:
-        write_masks(anomaly_detection.smooth(maps, rule["smoothing_sigma"])
-                    > rule["pixel_threshold"],
-                    names, settings["masks"])
+        # The scorer smooths the maps itself when it was built with a kept scoring.
+        smoothed = maps if rule["scoring"] else anomaly_detection.smooth(maps,
+                                                                          rule["smoothing_sigma"])
+        write_masks(smoothed > rule["pixel_threshold"], names, settings["masks"])
     if settings["latents"]:
         def write_latents(temporary):
             with open(temporary, "wb") as f:  # a path not ending in .npz would get one added

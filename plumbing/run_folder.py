@@ -121,16 +121,24 @@ def read_test_scores(run_dir):
     return np.load(path, allow_pickle=False)
 
 
+def kept_threshold(run_dir):
+    """The threshold an inspection run kept (anomaly_threshold.json), or None."""
+    path = os.path.join(run_dir, ANOMALY_THRESHOLD_FILE)
+    return read_json(path) if os.path.isfile(path) else None
+
+
 def anomaly_rule(run_dir, test_scores, percentile, threshold=None):
     """What `anomalous` means for a run's images, in score.py and the explorer alike: the
     deterministic anomaly_score above `threshold` when one is given, or above the threshold kept
     with an inspection run (anomaly_threshold.json); else the negative ELBO above the
     percentile-th of the run's test scores. A dict: column, threshold, why, and the kept pixel
-    threshold and smoothing (None without a kept threshold)."""
-    path = os.path.join(run_dir, ANOMALY_THRESHOLD_FILE)
-    kept = read_json(path) if os.path.isfile(path) else None
+    threshold and smoothing (None without a kept threshold), and the kept scoring that the
+    scorer is built with (anomaly.build_anomaly_scorer; None for the plain negative ELBO: no
+    kept threshold, or one kept before the scoring was chosen on synthetic defects)."""
+    kept = kept_threshold(run_dir)
     rule = {"pixel_threshold": None if kept is None else kept["pixel_threshold"],
-            "smoothing_sigma": None if kept is None else kept["smoothing_sigma"]}
+            "smoothing_sigma": None if kept is None else kept["smoothing_sigma"],
+            "scoring": None if kept is None else kept.get("scoring")}
     if threshold is not None:
         return {**rule, "column": "anomaly_score", "threshold": threshold,
                 "why": "the --threshold given"}
