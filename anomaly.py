@@ -92,24 +92,54 @@ def _scorer_graph(model, draws, seed, binarize):
     # What the decoder expects to lose at its own mean: for the Bernoulli its entropy, large
     # on a stroke's uncertain edge and 0 on sure background; for the others nearly constant.
     own = pixel_nats(decoded, decoded, model.likelihood, log_scale)
-    maps = {"loss": expected_over_draws(nats), "excess_loss": expected_over_draws(nats - own)}
+    maps = {"loss": expected_over_draws(nats), "excess_loss": expected_over_draws(nats - own),
+            "dissimilarity": structural_dissimilarity(image, ops.mean(decoded, axis=1))}
     score = ops.sum(maps["loss"], axis=(1, 2)) + kl_to_standard_normal(z_mean, z_log_var)
     return inputs if len(inputs) == 2 else given, score, maps
 
 
-def gaussian_kernel(sigma):
-    """scipy.ndimage.gaussian_filter's 1-D kernel: radius int(4 sigma + 0.5), normalized."""
-    radius = int(4.0 * sigma + 0.5)
+SSIM_SIGMA = 1.5  # the Gaussian window of Wang et al.'s SSIM, in pixels
+SSIM_C1, SSIM_C2 = 0.01 ** 2, 0.03 ** 2  # their constants, for values in [0, 1]
+
+
+def structural_dissimilarity(x, y):
+    """(N, height, width): 1 - SSIM(x, y) at each pixel, averaged over the channels, for images
+    (N, height, width, channels) in [0, 1] (Wang, Bovik, Sheikh & Simoncelli 2004, eq. 13, with
+    a Gaussian window; as an anomaly map: Bergmann et al. 2019, "Improving Unsupervised Defect
+    Segmentation by Applying Structural Similarity to Autoencoders"). It compares local means,
+    contrasts and structure instead of single pixels, so a blurry reconstruction of a texture
+    costs less than a changed structure. Keras ops, so that it can be exported."""
+    channels = x.shape[-1]
+
+    def local_mean(images):  # (N, h, w, c) -> the same, each channel smoothed on its own
+        planes = ops.reshape(ops.transpose(images, (0, 3, 1, 2)), (-1, *images.shape[1:3]))
+        smoothed = smoothed_in_graph(planes, SSIM_SIGMA, truncate=3.5)  # scikit-image's
+        return ops.transpose(ops.reshape(smoothed, (-1, channels, *images.shape[1:3])),
+                             (0, 2, 3, 1))
+
+    x, y = ops.cast(x, "float32"), ops.cast(y, "float32")
+    mean_x, mean_y = local_mean(x), local_mean(y)
+    variance_x = local_mean(x * x) - mean_x * mean_x
+    variance_y = local_mean(y * y) - mean_y * mean_y
+    covariance = local_mean(x * y) - mean_x * mean_y
+    ssim = ((2 * mean_x * mean_y + SSIM_C1) * (2 * covariance + SSIM_C2)
+            / ((mean_x * mean_x + mean_y * mean_y + SSIM_C1) * (variance_x + variance_y + SSIM_C2)))
+    return ops.mean(1.0 - ssim, axis=-1)
+
+
+def gaussian_kernel(sigma, truncate=4.0):
+    """scipy.ndimage.gaussian_filter's 1-D kernel: radius int(truncate sigma + 0.5), normalized."""
+    radius = int(truncate * sigma + 0.5)
     weights = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
     return (weights / weights.sum()).astype("float32")
 
 
-def smoothed_in_graph(maps, sigma):
+def smoothed_in_graph(maps, sigma, truncate=4.0):
     """(N, height, width) maps blurred by a Gaussian of sigma pixels with keras.ops, mirrored at
     the borders: smooth(maps, sigma, mode="mirror") as part of a model, so that the exported
     file smooths as the evaluation did. Two 1-D convolutions (the Gaussian is separable); ONNX
     pads by reflection ("reflect"), which is scipy's "mirror", not its default "reflect"."""
-    kernel = gaussian_kernel(sigma)
+    kernel = gaussian_kernel(sigma, truncate)
     radius = len(kernel) // 2
     x = maps[..., None]
     x = ops.pad(x, [[0, 0], [radius, radius], [0, 0], [0, 0]], mode="reflect")
@@ -263,7 +293,9 @@ def detection_metrics(scores, maps, is_defect, masks, has_mask):
 SIGMA_FACTORS = (0.5, 1.0, 2.0)  # the smoothings tried, times smoothing_sigma(image_shape)
 PIXEL_MAPS = {"loss": "the expected per-pixel loss, -E_q[log p(x_i|z)]",
               "excess_loss": "the expected per-pixel loss less the loss the decoder expects at "
-                             "its own mean (for the Bernoulli: its entropy)"}
+                             "its own mean (for the Bernoulli: its entropy)",
+              "dissimilarity": "1 - SSIM between the image and its expected reconstruction "
+                               "(Bergmann et al. 2019)"}
 IMAGE_SCORES = {"total": "sum (for the CVAE with its KL term: the negative ELBO)",
                 "peak": "largest smoothed value"}
 

@@ -348,9 +348,9 @@ def print_anomaly_metrics(anomaly):
 
     scoring, threshold = anomaly["scoring"], anomaly["threshold"]
     print(f"Defects: image AUROC {anomaly['image_auroc']:.3f}, AUPR "
-          f"{anomaly['image_aupr']:.3f}{pixel(anomaly)} (image score: the per-pixel loss's "
-          f"{scoring['image_score']}, smoothed at sigma={scoring['smoothing_sigma']:.3g}, both "
-          f"chosen on synthetic defects drawn on the held-out images).")
+          f"{anomaly['image_aupr']:.3f}{pixel(anomaly)} (pixel map: {scoring['pixel_map']}, "
+          f"smoothed at sigma={scoring['smoothing_sigma']:.3g}; image score: its "
+          f"{scoring['image_score']}; chosen on synthetic defects drawn on the held-out images).")
     for name, result in anomaly["baselines"].items():
         print(f"  baseline {name}: image AUROC {result['image_auroc']:.3f}{pixel(result)} "
               f"(its {result['scoring']['image_score']}, chosen the same way)")

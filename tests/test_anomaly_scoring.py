@@ -8,6 +8,7 @@ from scipy import ndimage
 
 import anomaly
 from anomaly_baselines import NearestNeighbour, PCAResidual, fit_baselines
+from conftest import require_module
 from cvae import build_cvae
 from synthetic_defects import KINDS, draw_synthetic_defects
 
@@ -119,16 +120,18 @@ def test_the_scorer_smooths_as_the_evaluation_does(sigma):
 def test_a_kept_scoring_is_what_the_scorer_computes(likelihood):
     model = build_cvae(2, (16, 16, 1), architecture="strided", seed=0, likelihood=likelihood)
     x = images(5)
-    score, loss, excess = anomaly.anomaly_scores(anomaly.build_candidate_scorer(model), x)
+    score, loss, excess, dissimilarity = anomaly.anomaly_scores(
+        anomaly.build_candidate_scorer(model), x)
     plain_score, plain_map = anomaly.anomaly_scores(anomaly.build_anomaly_scorer(model), x)
     np.testing.assert_allclose(plain_score, score, rtol=1e-6)
     np.testing.assert_allclose(plain_map, loss, rtol=1e-6)
     if likelihood == "bernoulli":  # the loss less the decoder's entropy at its own mean
         assert np.all(excess < loss) and np.all(excess > loss - np.log(2) - 1e-6)
-    maps = {"loss": loss, "excess_loss": excess}
+    maps = {"loss": loss, "excess_loss": excess, "dissimilarity": dissimilarity}
     for pixel_map in maps:
         for image_score in ("total", "peak"):
-            scoring = {"pixel_map": pixel_map, "smoothing_sigma": 1.5, "image_score": image_score}
+            scoring = {"pixel_map": pixel_map, "smoothing_sigma": 1.5,
+                       "image_score": image_score}
             got_score, got_map = anomaly.anomaly_scores(
                 anomaly.build_anomaly_scorer(model, scoring=scoring), x)
             want_score, want_map = anomaly.scored(scoring, score, maps)
@@ -153,3 +156,21 @@ def test_the_conformal_threshold_flags_the_share_it_promises(held_out):
     # and its own 90% interval holds this threshold's rate 90% of the time.
     assert np.mean(rates) == pytest.approx(promised, abs=4 * np.std(rates) / np.sqrt(2000))
     assert np.mean(inside) == pytest.approx(0.9, abs=0.03)
+
+
+def test_the_dissimilarity_map_is_scikit_images_ssim():
+    """1 - SSIM with a Gaussian window of 1.5 pixels, as skimage computes it (its
+    gaussian_weights option, sample covariances off), at every pixel away from the border."""
+    require_module("skimage", "pip install -r requirements-dev.txt")
+    from skimage import metrics as skimage_metrics
+
+    x, y = images(2, shape=(24, 24, 1), seed=1)
+    from keras import ops
+
+    got = ops.convert_to_numpy(anomaly.structural_dissimilarity(
+        ops.convert_to_tensor(x[None]), ops.convert_to_tensor(y[None])))[0]
+    _, ssim = skimage_metrics.structural_similarity(
+        x[..., 0], y[..., 0], data_range=1.0, gaussian_weights=True, sigma=1.5,
+        use_sample_covariance=False, full=True)
+    # float32 variances (E[x^2] - E[x]^2) against its float64: a few 1e-5 apart.
+    np.testing.assert_allclose(got[5:-5, 5:-5], 1 - ssim[5:-5, 5:-5], atol=1e-4)
