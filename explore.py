@@ -132,7 +132,8 @@ class Explorer:
         return {"image_shape": list(self.image_shape), "latent_dim": int(self.z_mean.shape[1]),
                 "dims": self.dims, "class_names": names,
                 "conditional": bool(self.model.conditional),
-                "rule": f"{self.rule['column']} over {self.rule['threshold']:.2f} nats, "
+                "rule": f"{self.rule['column']} over {self.rule['threshold']:.4g}"
+                        f"{self.rule['unit']}, "
                         f"{self.rule['why']}",
                 "test_images": len(self.test_scores), "samples": self.settings["samples"],
                 "architecture": self.config.get("architecture", "article")}

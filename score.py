@@ -88,7 +88,7 @@ def main(argv):
     write_rows(out, rows)
     flagged = sum(1 for row in rows if row.get("anomalous") is True)
     print(f"Scored {len(names)} image(s) into {out}: {flagged} above {rule['why']} "
-          f"({rule['column']} over {rule['threshold']:.2f} nats).")
+          f"({rule['column']} over {rule['threshold']:.4g}{rule['unit']}).")
     if failed:
         print(f"warning: {len(failed)} input(s) could not be read; their rows say why.",
               file=sys.stderr)

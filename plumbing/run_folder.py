@@ -139,6 +139,9 @@ def anomaly_rule(run_dir, test_scores, percentile, threshold=None):
     rule = {"pixel_threshold": None if kept is None else kept["pixel_threshold"],
             "smoothing_sigma": None if kept is None else kept["smoothing_sigma"],
             "scoring": None if kept is None else kept.get("scoring")}
+    # A kept peak score is a smoothed map's largest value, not a negative ELBO in nats.
+    peak = rule["scoring"] is not None and rule["scoring"]["image_score"] == "peak"
+    rule["unit"] = "" if peak else " nats"
     if threshold is not None:
         return {**rule, "column": "anomaly_score", "threshold": threshold,
                 "why": "the --threshold given"}
