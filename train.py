@@ -105,6 +105,7 @@ def main(argv):
                            likelihood=likelihood, binarize=config["binarize"],
                            kl_warmup_steps=config["kl_warmup_steps"])
         model.kl_warmup_steps = steps["kl_warmup"]
+        precision.biases_added_in_float32(model)
         model.encoder.summary()
         model.decoder.summary()
         # The encoder's and decoder's weights: the model's own count_params() would also count

@@ -7,6 +7,10 @@
   standard error (docs/results.md). JAX's and PyTorch's CPU kernels in bf16 were not measured,
   so they keep float32.
 - Anything else: float32.
+
+Under a 16-bit policy every layer's bias is still added in float32 (biases_added_in_float32): in
+bf16, the gradients of the transposed convolutions' biases were off by 30 to 45% of their size
+(benchmarks/bf16_error.py, docs/speed.md), which cost a full run about 0.75 nats.
 """
 
 import os
@@ -79,3 +83,26 @@ def gpu_capability(backend):
         if torch.cuda.is_available():
             return tuple(torch.cuda.get_device_capability(0))
     return None
+
+
+def biases_added_in_float32(model):
+    """Make every layer of model's encoder and decoder that computes in a 16-bit float read its
+    bias as float32, so that the bias is added, and its gradient summed, in float32.
+
+    Why: a bias's gradient is the sum of the gradient over the batch and every pixel, tens of
+    thousands of terms of both signs that nearly cancel; under Keras's mixed_bfloat16 the
+    transposed convolutions' bias gradients came out 30 to 45% wrong, every other weight's about
+    0.5% (benchmarks/bf16_error.py). With the bias in float32 the sum of the layer's output is
+    float32, and its gradient is summed in float32; the next layer casts its input back to 16
+    bits, so the convolutions themselves keep their speed. The kernels are unaffected.
+
+    Keras decides whether a weight is cast to the compute dtype when the weight is created
+    (add_weight(autocast=...)), inside each built-in layer's build(); the flag it keeps is set
+    here afterwards rather than by replacing the built-in layers with subclasses, so that the
+    saved models stay plain Keras. A float32 model is left as it is.
+    """
+    for part in (model.encoder, model.decoder):
+        for layer in part.layers:
+            bias = getattr(layer, "bias", None)
+            if bias is not None and layer.compute_dtype != "float32":
+                bias._autocast = False

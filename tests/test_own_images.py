@@ -1,5 +1,7 @@
 """train.py on the user's own images: a folder of PNGs, an RGB .npz, the strided architecture, and
-every bad input refused with one message and without touching the run already in out_dir."""
+every bad input refused with one message and without touching the run already in out_dir. Every
+run uses the strided architecture: reading the images does not depend on it, and it is 14x
+cheaper than the article's."""
 
 import json
 import os
@@ -53,7 +55,8 @@ def test_a_folder_of_pngs_with_class_subfolders(tmp_path, real_mnist_path):
     for digit, name in ((0, "zero"), (1, "one"), (7, "seven")):
         write_images(folder / name, x[y == digit][:20])
     out_dir = tmp_path / "run"
-    result = train(out_dir, f"--dataset={folder}", "--test_fraction=0.25", "--holdout_class=one")
+    result = train(out_dir, f"--dataset={folder}", "--architecture=strided",
+                   "--test_fraction=0.25", "--holdout_class=one")
     # 60 digits, 15 held out for testing, and the training "one"s left out.
     from data import load_dataset
 
@@ -69,7 +72,7 @@ def test_a_folder_of_pngs_with_class_subfolders(tmp_path, real_mnist_path):
 def test_an_rgb_npz_without_labels_or_test_split(tmp_path):
     data_path = write_npz(tmp_path, x_train=coloured_squares(60, size=32))
     out_dir = tmp_path / "run"
-    result = train(out_dir, f"--dataset={data_path}")
+    result = train(out_dir, f"--dataset={data_path}", "--architecture=strided")
     assert "54 training and 6 test images of shape (32, 32, 3), no labels" in result.stdout
     config, _ = assert_a_whole_run(out_dir, 6, (32, 32, 3))
     assert config["data"]["class_names"] is None

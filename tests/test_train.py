@@ -220,8 +220,10 @@ def test_the_same_seed_gives_the_same_first_epoch(fake_mnist_path):
 @pytest.mark.slow
 def test_holdout_class_is_left_out_and_scored(tmp_path, fake_mnist_path):
     out_dir = tmp_path / "run"
+    # The strided architecture: what is tested does not depend on it, and it is 14x cheaper.
     result = run_train(f"--data_path={fake_mnist_path}", f"--out_dir={out_dir}", "--epochs=1",
-                       "--batch_size=32", "--warmup_steps=2", "--holdout_class=3")
+                       "--architecture=strided", "--batch_size=32", "--warmup_steps=2",
+                       "--holdout_class=3")
     assert result.returncode == 0, result.stderr[-3000:]
     # 120 fake images, 12 of each digit: the 12 threes are left out of training.
     assert ": 108 training and 60 test images" in result.stdout
@@ -294,8 +296,10 @@ def test_tensorboard_logs_the_loss_terms_learning_rate_and_snapshots(tmp_path, f
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out_dir = tmp_path / "run"
+    # The strided architecture: what is logged does not depend on it, and it is 14x cheaper.
     result = run_train(f"--data_path={fake_mnist_path}", f"--out_dir={out_dir}", "--epochs=2",
-                       "--batch_size=32", "--warmup_steps=2", "--tensorboard=True")
+                       "--architecture=strided", "--batch_size=32", "--warmup_steps=2",
+                       "--tensorboard=True")
     assert result.returncode == 0, result.stderr[-3000:]
     scalars = EventAccumulator(str(out_dir / "tensorboard" / "train")).Reload()
     tags = set(scalars.Tags()["scalars"]) | set(scalars.Tags()["tensors"])
