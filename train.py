@@ -92,7 +92,7 @@ def main(argv):
     if likelihood == "auto":
         likelihood, why = fitting_likelihood(data, config)
         print(f"Likelihood: {likelihood}, as {why}.")
-    policy, why = precision.resolve(config["precision"])
+    policy, why = precision.resolve(config["precision"], run.recorded("precision_used"))
     if config["precision"] == "auto":
         print(f"Precision: {policy}, chosen by {why}.")
     keras.mixed_precision.set_dtype_policy(policy)

@@ -20,10 +20,14 @@ NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 TENSOR_CORE_CAPABILITY = (7, 0)
 
 
-def resolve(precision):
-    """(the Keras dtype policy to use, why), for a precision setting of PRECISIONS."""
+def resolve(precision, started_with=None):
+    """(the Keras dtype policy to use, why), for a precision setting of PRECISIONS. started_with:
+    the policy a resumed run recorded; "auto" keeps it, so that a run resumed on other hardware
+    finishes as it started."""
     if precision != "auto":
         return precision, "as set"
+    if started_with is not None:
+        return started_with, "precision=auto: as this run started"
     import keras
 
     backend = keras.backend.backend()

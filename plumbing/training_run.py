@@ -69,6 +69,14 @@ class TrainingRun:
         if config["overwrite"]:
             run_folder.remove_run(self.out_dir)
 
+    def recorded(self, name):
+        """What the run being resumed recorded as name in its config.json (precision_used, ...);
+        None for a new run, or one started before name was recorded."""
+        config_path = self.path(run_folder.CONFIG_FILE)
+        if self.config["overwrite"] or not os.path.exists(config_path):
+            return None
+        return read_json(config_path).get(name)
+
     def steps(self, data):
         """{"total", "warmup", "kl_warmup"}: the run's optimizer steps, and the two warm-ups cut
         to fit a short run (each says so when it is cut)."""

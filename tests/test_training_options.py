@@ -187,6 +187,10 @@ def test_precision_auto_chooses_what_the_hardware_runs_natively(monkeypatch, cap
                       else other_choice)
     assert why.startswith("precision=auto: ")
     assert precision.resolve("mixed_bfloat16") == ("mixed_bfloat16", "as set")
+    # A resumed run keeps the precision it started with, whatever this machine would choose.
+    other = "float32" if policy != "float32" else "mixed_bfloat16"
+    assert precision.resolve("auto", started_with=other) == (
+        other, "precision=auto: as this run started")
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow",
