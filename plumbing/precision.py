@@ -9,8 +9,7 @@
 - Anything else: float32.
 
 Under a 16-bit policy every layer's bias is still added in float32 (biases_added_in_float32): in
-bf16, the gradients of the transposed convolutions' biases were off by 30 to 45% of their size
-(benchmarks/bf16_error.py, docs/speed.md), which cost a full run about 0.75 nats.
+bf16, TensorFlow summed the bias gradients in bf16 (measured in docs/speed.md).
 """
 
 import os
@@ -94,11 +93,11 @@ def biases_added_in_float32(model):
     bias as float32, so that the bias is added, and its gradient summed, in float32.
 
     Why: a bias's gradient is the sum of the gradient over the batch and every pixel, tens of
-    thousands of terms of both signs that nearly cancel; under Keras's mixed_bfloat16 the
-    transposed convolutions' bias gradients came out 30 to 45% wrong, every other weight's about
-    0.5% (benchmarks/bf16_error.py). With the bias in float32 the sum of the layer's output is
-    float32, and its gradient is summed in float32; the next layer casts its input back to 16
-    bits, so the convolutions themselves keep their speed. The kernels are unaffected.
+    thousands of terms that TensorFlow sums in bf16 under Keras's mixed_bfloat16, which cannot
+    count past 256: the transposed convolutions' bias gradients came out wrong by more than their
+    own size (benchmarks/bf16_error.py; the numbers in docs/speed.md). With the bias in float32
+    the layer's output is float32, and its gradient is summed in float32; the next layer casts
+    its input back to 16 bits, so the convolutions keep their speed. Kernels are unaffected.
 
     Keras decides whether a weight is cast to the compute dtype when the weight is created
     (add_weight(autocast=...)), inside each built-in layer's build(); the flag it keeps is set
