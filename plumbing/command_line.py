@@ -285,7 +285,9 @@ def quiet_tensorflow():
             import keras  # loads its backend, TensorFlow unless KERAS_BACKEND says otherwise
 
             if keras.backend.backend() == "tensorflow":
-                import tensorflow  # noqa: F401  (its libraries print as they load)
+                import tensorflow  # its libraries print as they load
+
+                tensorflow.get_logger().addFilter(_not_retracing_advice)
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
@@ -295,6 +297,15 @@ def quiet_tensorflow():
                 if not any(notice in line for notice in LOAD_NOTICES):
                     sys.stderr.write(line)
             sys.stderr.flush()
+
+
+def _not_retracing_advice(record):
+    """False for TensorFlow's warning that a function "triggered tf.function retracing". The
+    evaluation calls each network on batches of many sizes (ten digits for a figure, 500 for a
+    measure, a last short batch); Keras's predict function relaxes the traced shape after a few
+    of them (reduce_retracing), so the tracing is bounded, and the advice in the warning (define
+    functions outside loops) is not the user's to act on."""
+    return "triggered tf.function retracing" not in record.getMessage()
 
 
 def _nvidia_driver_loads():
