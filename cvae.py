@@ -18,17 +18,9 @@ Variational Bayes", per image, in nats:
     -ELBO(x) = E_q(z|x)[-log p(x|z)] + KL(q(z|x) || N(0, I))
 with a diagonal Gaussian encoder q(z|x) = N(z_mean, exp(z_log_var)), whose KL to the prior has the
 closed form of their Appendix B, summed over latent dimensions, and a decoder p(x|z) whose mean is
-the decoder network's output, under one of three likelihoods:
-- "bernoulli", the article's: binary cross-entropy summed over every pixel. It fits MNIST, whose
-  pixels are nearly 0 or 1; on photographs a mid-grey pixel costs about ln 2 however well it is
-  reconstructed, and the posterior collapses.
-- "gaussian": N(x; mean, sigma^2) per pixel, with one sigma per channel calibrated to the
-  reconstruction error (Rybkin, Daniilidis & Levine 2021, "Simple and Effective VAE Training
-  with Calibrated Decoders"): in training, the sigma that maximizes the batch's likelihood (the
-  root of its mean squared error); for evaluation, the running average of those.
-- "discretized_logistic": the probability of each 8-bit value, the mass of a logistic with the
-  same calibrated spread over the value's bin (Salimans et al. 2017, "PixelCNN++", eq. 2), so that
-  bits per dimension compare with published tables.
+the decoder network's output. The article's p(x|z) is a Bernoulli per pixel (binary cross-entropy
+summed over every pixel), which fits MNIST; for photographs, likelihoods.py has a calibrated
+Gaussian and a discretized logistic.
 """
 
 import math
@@ -37,6 +29,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+import likelihoods
 from plumbing.devices import noise_of_this_replica, replicas_in_sync
 from plumbing.model_size import (
     HIDDEN_UNITS,
@@ -47,56 +40,24 @@ from plumbing.model_size import (
 )
 from plumbing.schedules import warmed_up_kl
 
-LIKELIHOODS = ("bernoulli", "gaussian", "discretized_logistic")
+LIKELIHOODS = ("bernoulli", "gaussian", "discretized_logistic")  # the last two: likelihoods.py
 # Probabilities are clipped this far from 0 and 1 before the log, as Keras's own binary
 # cross-entropy does; it bounds one pixel's loss at about 16 nats instead of infinity.
 PROBABILITY_EPSILON = 1e-7
-LOG_2PI = math.log(2.0 * math.pi)
-BIN = 1.0 / 255.0  # the distance between two 8-bit values, as pixels in [0, 1]
-# The smallest calibrated sigma: the spread of an 8-bit value's rounding, BIN / sqrt(12). A
-# Gaussian narrower than the bin it stands for would put unbounded density on exact values.
-MIN_LOG_SCALE = math.log(BIN / math.sqrt(12.0))
-# The running average of the calibrated log-sigma that evaluation uses: over about 100 steps.
-SCALE_MOMENTUM = 0.99
 
 
 # ---- the loss -----------------------------------------------------------------------------------
 def pixel_nats(x, x_decoded, likelihood="bernoulli", log_scale=None):
     """-log p(x_i|z) of every pixel and channel, shaped like x. x and x_decoded (the decoder's
     means) are (batch, *image_shape) in [0, 1]; log_scale: log sigma per channel, (channels,),
-    for the gaussian and discretized_logistic likelihoods."""
+    for the likelihoods of likelihoods.py."""
     # The loss is always computed in float32, also when the layers run in a 16-bit policy.
     x = ops.cast(x, "float32")
     mean = ops.cast(x_decoded, "float32")
-    if likelihood == "bernoulli":  # binary cross-entropy
+    if likelihood == "bernoulli":  # the article's: binary cross-entropy
         p = ops.clip(mean, PROBABILITY_EPSILON, 1.0 - PROBABILITY_EPSILON)
         return -(x * ops.log(p) + (1.0 - x) * ops.log(1.0 - p))
-    log_scale = ops.cast(log_scale, "float32")
-    if likelihood == "gaussian":
-        return 0.5 * LOG_2PI + log_scale + 0.5 * ops.square((x - mean) * ops.exp(-log_scale))
-    # A logistic with standard deviation sigma has scale sigma * sqrt(3) / pi; its mass over the
-    # bin of x, the whole tail beyond the first and the last value (PixelCNN++, eq. 2).
-    log_s = log_scale + math.log(math.sqrt(3.0) / math.pi)
-    inverse_s = ops.exp(-log_s)
-    upper, lower = (x - mean + 0.5 * BIN) * inverse_s, (x - mean - 0.5 * BIN) * inverse_s
-    log_below_upper = upper - ops.softplus(upper)  # log sigmoid(upper)
-    log_above_lower = -ops.softplus(lower)  # log (1 - sigmoid(lower))
-    mass = ops.sigmoid(upper) - ops.sigmoid(lower)
-    # Where the bin's mass underflows float32, the density at its centre times its width.
-    centre = (x - mean) * inverse_s
-    log_density_times_bin = centre - log_s - 2.0 * ops.softplus(centre) + math.log(BIN)
-    log_mass = ops.where(mass > 1e-5, ops.log(ops.maximum(mass, 1e-12)), log_density_times_bin)
-    return -ops.where(x < 0.5 * BIN, log_below_upper,
-                      ops.where(x > 1.0 - 0.5 * BIN, log_above_lower, log_mass))
-
-
-def calibrated_log_scale(x, x_decoded):
-    """log sigma per channel, (channels,), that maximizes the Gaussian likelihood of the batch x
-    given the decoder's means: half the log of the mean squared error (Rybkin et al. 2021),
-    floored at MIN_LOG_SCALE."""
-    error = ops.square(ops.cast(x, "float32") - ops.cast(x_decoded, "float32"))
-    mean_squared = ops.mean(ops.reshape(error, (-1, ops.shape(error)[-1])), axis=0)
-    return ops.maximum(0.5 * ops.log(ops.maximum(mean_squared, 1e-30)), MIN_LOG_SCALE)
+    return likelihoods.grey_level_pixel_nats(x, mean, likelihood, log_scale)
 
 
 def reconstruction_nats(x, x_decoded, likelihood="bernoulli", log_scale=None):
@@ -244,7 +205,7 @@ class CVAE(keras.Model):
     functional encoder and decoder, whose predict works the same on every Keras backend (a
     predict_step override here would not: its signature differs on JAX).
 
-    likelihood: one of LIKELIHOODS (see the top of this file).
+    likelihood: one of LIKELIHOODS: the article's "bernoulli", or one of likelihoods.py.
     binarize: None, or "static" / "dynamic": every training image is made 0/1 as it is seen
     (binarized), and the loss measures the reconstruction of that binary image.
     kl_warmup_steps: 0, or the steps of a KL warm-up (plumbing/schedules.warmed_up_kl).
@@ -267,16 +228,9 @@ class CVAE(keras.Model):
                 None if seed is None else int(np.random.SeedSequence([seed, 3]).generate_state(
                     1)[0] % 2**31))
         self.likelihood = likelihood
-        if likelihood != "bernoulli":  # a Bernoulli run has no scale: its weight files stay
-            # The calibrated log-sigma's running average, as a sum and the weight it has summed,
-            # so that it is an average from the first step (not biased towards its start).
-            channels = decoder.outputs[0].shape[-1]
-            self.log_scale_sum = self.add_weight(
-                shape=(channels,), initializer="zeros", dtype="float32", trainable=False,
-                aggregation="only_first_replica", name="log_scale_sum")
-            self.log_scale_weight = self.add_weight(
-                shape=(), initializer="zeros", dtype="float32", trainable=False,
-                aggregation="only_first_replica", name="log_scale_weight")
+        if likelihood != "bernoulli":  # the decoder's spread; a Bernoulli run has none, and
+            # its weight files stay as they were
+            likelihoods.add_calibrated_scale(self, channels=decoder.outputs[0].shape[-1])
         self.kl_warmup_steps = kl_warmup_steps
         if kl_warmup_steps:  # a run without the warm-up has no counter: its weight files stay
             self.kl_warmup_step = self.add_weight(
@@ -298,8 +252,7 @@ class CVAE(keras.Model):
         """The calibrated log sigma per channel that evaluation uses (None for "bernoulli")."""
         if self.likelihood == "bernoulli":
             return None
-        return (ops.convert_to_tensor(self.log_scale_sum)
-                / ops.maximum(ops.convert_to_tensor(self.log_scale_weight), 1e-12))
+        return likelihoods.running_log_scale(self)
 
     def pixel_nats(self, x, x_decoded):
         """pixel_nats under this model's likelihood and calibrated scale."""
@@ -332,11 +285,7 @@ class CVAE(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         log_scale = self.log_scale()
         if training and self.likelihood != "bernoulli":
-            # The sigma this batch's reconstructions call for, and the running average of it.
-            log_scale = ops.stop_gradient(calibrated_log_scale(y_pred["image"],
-                                                               y_pred["reconstruction"]))
-            self.log_scale_sum.assign(SCALE_MOMENTUM * self.log_scale_sum + log_scale)
-            self.log_scale_weight.assign(SCALE_MOMENTUM * self.log_scale_weight + 1.0)
+            log_scale = likelihoods.calibrate(self, y_pred["image"], y_pred["reconstruction"])
         reconstruction, kl = negative_elbo_terms(
             y_pred["image"], y_pred["reconstruction"], y_pred["z_mean"], y_pred["z_log_var"],
             self.likelihood, log_scale)

@@ -68,7 +68,6 @@ def main(argv):
     from data import as_trained, fitting_likelihood, load_dataset_of_run
     from plumbing import precision, recording
     from plumbing.batches import EpochShuffle
-    from plumbing.model_size import training_gflops_per_image
     from plumbing.optimizer import make_optimizer
     from plumbing.run_folder import GIF_FILE, SNAPSHOT_FOLDER
     from plumbing.training_run import TrainingRun
@@ -92,10 +91,7 @@ def main(argv):
     if likelihood == "auto":
         likelihood, why = fitting_likelihood(data, config)
         print(f"Likelihood: {likelihood}, as {why}.")
-    policy, why = precision.resolve(config["precision"], run.recorded("precision_used"))
-    if config["precision"] == "auto":
-        print(f"Precision: {policy}, chosen by {why}.")
-    keras.mixed_precision.set_dtype_policy(policy)
+    run.set_precision()  # float32, or with "auto" bf16 where the CPU multiplies in it natively
     keras.utils.set_random_seed(config["seed"])
     steps = run.steps(data)  # the run's length, and its warm-ups fitted to it
     with run.distributed():  # a replicated model is built and compiled inside its engine
@@ -106,13 +102,7 @@ def main(argv):
                            kl_warmup_steps=config["kl_warmup_steps"])
         model.kl_warmup_steps = steps["kl_warmup"]
         precision.biases_added_in_float32(model)
-        model.encoder.summary()
-        model.decoder.summary()
-        # The encoder's and decoder's weights: the model's own count_params() would also count
-        # a KL warm-up's step counter.
-        print(f"CVAE ({config['architecture']}): "
-              f"{model.encoder.count_params() + model.decoder.count_params():,} parameters, "
-              f"{training_gflops_per_image(model):.3f} GFLOP per training image.")
+        run.describe_model(model)  # its layers, parameters and cost
         # The XLA-compiled update cannot run inside tf.distribute's replicas (it would have to
         # sum their gradients inside a nested compiled function, which TensorFlow refuses).
         model.compile(optimizer=make_optimizer(

@@ -12,10 +12,10 @@ import sys
 
 import numpy as np
 
-from plumbing import devices, run_folder, stopping
+from plumbing import devices, precision, run_folder, stopping
 from plumbing.atomic_files import read_json, write_json
 from plumbing.errors import require
-from plumbing.model_size import architecture_problem
+from plumbing.model_size import architecture_problem, training_gflops_per_image
 from plumbing.optimizer import MIN_WARMUP_STEPS, fitted_warmup
 from plumbing.train_config import BEFORE_IT_EXISTED
 
@@ -76,6 +76,28 @@ class TrainingRun:
         if self.config["overwrite"] or not os.path.exists(config_path):
             return None
         return read_json(config_path).get(name)
+
+    def set_precision(self):
+        """Keras's dtype policy for the run: the config's precision, "auto" resolved to what
+        this hardware runs fast (and the log says why), a resumed run's as it started."""
+        import keras
+
+        policy, why = precision.resolve(self.config["precision"],
+                                        self.recorded("precision_used"))
+        if self.config["precision"] == "auto":
+            print(f"Precision: {policy}, chosen by {why}.")
+        keras.mixed_precision.set_dtype_policy(policy)
+
+    def describe_model(self, model):
+        """Print the encoder's and decoder's layers, their parameter count and the cost of a
+        training image."""
+        model.encoder.summary()
+        model.decoder.summary()
+        # The encoder's and decoder's weights: the model's own count_params() would also count
+        # a KL warm-up's step counter.
+        print(f"CVAE ({self.config['architecture']}): "
+              f"{model.encoder.count_params() + model.decoder.count_params():,} parameters, "
+              f"{training_gflops_per_image(model):.3f} GFLOP per training image.")
 
     def steps(self, data):
         """{"total", "warmup", "kl_warmup"}: the run's optimizer steps, and the two warm-ups cut

@@ -1,5 +1,6 @@
-"""The decoder likelihoods of cvae.py against their formulas, computed independently with NumPy
-and SciPy, and the choice that likelihood="auto" makes."""
+"""The decoder likelihoods (cvae.py's Bernoulli, likelihoods.py's grey-level ones) against their
+formulas, computed independently with NumPy and SciPy, and the choice that likelihood="auto"
+makes."""
 
 import math
 
@@ -8,13 +9,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from cvae import (
-    BIN,
-    MIN_LOG_SCALE,
-    build_cvae,
-    calibrated_log_scale,
-    pixel_nats,
-)
+from cvae import build_cvae, pixel_nats
+from likelihoods import BIN, MIN_LOG_SCALE, calibrated_log_scale
 
 pytestmark = pytest.mark.backend
 SHAPE = (8, 8, 1)
