@@ -25,7 +25,7 @@ holdout_class: str = None  # a class name or index left out of training, to meas
 binarize: str = None  # None: grey pixels | static: 0/1 at 0.5 | dynamic: 0/1 drawn anew each time seen
 # model
 architecture: str = "article"  # article: its stride-1 convolutions | strided: halving, for large images
-latent_dim: int = 2  # size of z; the article uses 2, which makes the latent space plottable
+latent_dim: int = None  # size of z; None: the article's 2 (a plottable latent space), 16 for an inspection set
 conditional: bool = False  # True: encoder and decoder also see the class (labelled data only)
 likelihood: str = "auto"  # auto: bernoulli for MNIST-like images, else discretized_logistic | bernoulli | gaussian | discretized_logistic
 precision: str = "float32"  # float32 | mixed_bfloat16 (CPUs with bf16) | mixed_float16 (GPUs) | auto

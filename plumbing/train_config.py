@@ -12,12 +12,18 @@ from plumbing.arrays import KERAS_DATASETS
 from plumbing.command_line import check_rules, parse_overrides
 from plumbing.devices import DISTRIBUTIONS
 from plumbing.errors import require
+from plumbing.inspection_folders import is_inspection_folder
 from plumbing.optimizer import LR_SCHEDULES, OPTIMIZERS
 from plumbing.precision import PRECISIONS
 
 # What a run made before a hyperparameter existed did, where that is not None (resuming it).
 BEFORE_IT_EXISTED = {"weight_decay": 0.0, "kl_warmup_steps": 0, "cooldown_share": 0.2,
                      "likelihood": "bernoulli"}
+# latent_dim=None: the article's 2, which makes the latent space plottable, or for an inspection
+# set the size chosen on the synthetic defects of three sets' validation splits
+# (docs/anomaly-detection.md): a 2-d latent space reconstructs normal images too coarsely for their
+# residual to find a defect.
+ARTICLE_LATENT_DIM, INSPECTION_LATENT_DIM = 2, 16
 # cvae.LIKELIHOODS, and "auto" (data.fitting_likelihood); written out, as Keras may not load yet.
 LIKELIHOODS = ("auto", "bernoulli", "gaussian", "discretized_logistic")
 # What each hyperparameter may be: (name, test, what is allowed).
@@ -63,6 +69,9 @@ def read_config(hyperparameters, types, argv, source=None):
     require(config["data_path"] is None or config["dataset"] in KERAS_DATASETS,
             f"data_path is the local copy of a named dataset ({', '.join(KERAS_DATASETS)}); "
             f"for your own .npz or folder, pass its path as --dataset instead.")
+    if config["latent_dim"] is None:  # resolved here, so that config.json records the size
+        config["latent_dim"] = (INSPECTION_LATENT_DIM if is_inspection_folder(config["dataset"])
+                                else ARTICLE_LATENT_DIM)
     check_rules(config, RULES)
     require(config["binarize"] is None or config["likelihood"] in ("auto", "bernoulli"),
             f"binarize={config['binarize']} makes every pixel 0 or 1, which only the bernoulli "

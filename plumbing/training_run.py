@@ -19,6 +19,10 @@ from plumbing.model_size import architecture_problem, training_gflops_per_image
 from plumbing.optimizer import MIN_WARMUP_STEPS, fitted_warmup
 from plumbing.train_config import BEFORE_IT_EXISTED
 
+# The length from which an inspection run's detection stopped improving much, in optimizer
+# steps (docs/anomaly-detection.md: 30 against 10 and 100 epochs of 26-29 steps).
+INSPECTION_STEPS = 900
+
 
 class TrainingRun:
     """One run of train.py. save_model(model, config, out_dir) -> the saved float32 model
@@ -104,7 +108,14 @@ class TrainingRun:
         to fit a short run (each says so when it is cut)."""
         self.images_per_epoch = devices.images_per_epoch(data.num_train, self.config["batch_size"],
                                                          self.device_count)
-        return run_steps(self.config, self.images_per_epoch)
+        steps = run_steps(self.config, self.images_per_epoch)
+        if data.inspection and steps["total"] < INSPECTION_STEPS:
+            steps_per_epoch = steps["total"] // self.config["epochs"]
+            print(f"An inspection run of {steps['total']} steps: on the digit and brick sets, "
+                  f"{INSPECTION_STEPS} steps found defects clearly better than 300, and 2,900 "
+                  f"little better than {INSPECTION_STEPS} (docs/anomaly-detection.md). Consider "
+                  f"--epochs={-(-INSPECTION_STEPS // max(1, steps_per_epoch))}.")
+        return steps
 
     def write_config(self, **resolved):
         """config.json: the hyperparameters, what "auto" settings resolved to (precision_used,

@@ -36,3 +36,21 @@ def test_overrides_are_parsed_to_the_defaults_types():
 def test_bad_overrides_are_refused(argv, message):
     with pytest.raises(ConfigError, match=message):
         parse_overrides(DEFAULTS, argv, NONE_TYPES)
+
+
+def test_the_latent_size_left_as_none_is_the_articles_or_an_inspection_sets(tmp_path):
+    import train
+    from plumbing.train_config import ARTICLE_LATENT_DIM, INSPECTION_LATENT_DIM, read_config
+
+    def latent_dim(*argv):
+        return read_config(train.HYPERPARAMETERS, train.__annotations__, list(argv))["latent_dim"]
+
+    inspection, plain = tmp_path / "bottle", tmp_path / "photos"
+    for folder in (inspection / "train" / "good", inspection / "test" / "good", plain / "cats"):
+        folder.mkdir(parents=True)
+    assert (ARTICLE_LATENT_DIM, INSPECTION_LATENT_DIM) == (2, 16)
+    assert latent_dim() == 2  # MNIST, the article's experiment
+    assert latent_dim(f"--dataset={plain}") == 2
+    assert latent_dim(f"--dataset={inspection}") == 16
+    assert latent_dim(f"--dataset={inspection}", "--latent_dim=3") == 3  # as set, always
+    assert latent_dim(f"--dataset={tmp_path / 'missing'}") == 2  # refused later, by the loader
