@@ -86,7 +86,7 @@ def main(argv):
 
     data = run.agreed(load_data, "the checks of the data and of out_dir's run")
 
-    # model and optimizer; the decoder's likelihood fits the pixels (see cvae.py)
+    # model and optimizer; the decoder's likelihood fits the pixels (likelihoods.py)
     likelihood = config["likelihood"]
     if likelihood == "auto":
         likelihood, why = fitting_likelihood(data, config)
