@@ -327,6 +327,15 @@ def choose_scoring(clean, defective, masks, base_sigma):
     return {"pixel_map": name, "smoothing_sigma": sigma, "image_score": image_score}, table
 
 
+def chosen_aurocs(scoring, table):
+    """{"pixel_auroc", "image_auroc"}: what the scoring choose_scoring chose reached on the
+    synthetic defects (table: its every candidate's AUROC)."""
+    row = table[f"{scoring['pixel_map']}_sigma_{scoring['smoothing_sigma']:.3g}"]
+    image = (row["peak_image_auroc"] if scoring["image_score"] == "peak"
+             else table["total_image_auroc"])
+    return {"pixel_auroc": row["pixel_auroc"], "image_auroc": image}
+
+
 def scored(scoring, totals, maps):
     """(image scores, smoothed map) of a detector's totals and raw maps ({name: maps}) under a
     scoring: what build_anomaly_scorer(model, scoring=scoring) computes inside the model."""
@@ -387,11 +396,12 @@ def inspection_metrics(model, data):
     for name, baseline in fit_baselines(data.x_train).items():
         detectors[name] = lambda x, baseline=baseline: _totals_and_maps(baseline.maps(x))
     base_sigma = smoothing_sigma(data.image_shape)
-    results, validation, figure_maps = {}, {}, {}
+    results, validation, chosen, figure_maps = {}, {}, {}, {}
     for name, detector in detectors.items():
         clean, test = detector(data.x_val), detector(data.x_test)
         defective = detector(synthetic)
         scoring, validation[name] = choose_scoring(clean, defective, synthetic_masks, base_sigma)
+        chosen[name] = chosen_aurocs(scoring, validation[name])
         results[name], figure_maps[name] = _test_metrics(data, scoring, clean, test)
         if name == "cvae":
             figure_maps["synthetic"] = (synthetic, scored(scoring, *defective), synthetic_masks,
@@ -400,6 +410,7 @@ def inspection_metrics(model, data):
     anomaly["baselines"] = results
     anomaly["validation"] = {
         "images": len(data.x_val), "kinds": list(KINDS), "candidates": validation,
+        "chosen": chosen,
         "how": "the held-out normal images, and the same images with one synthetic defect each "
                "(synthetic_defects.py), never the test split: the smoothing with the best pixel "
                "AUROC, then the image score with the best image AUROC"}

@@ -170,6 +170,16 @@ def test_an_inspection_run_reports_image_and_pixel_metrics_and_keeps_its_thresho
     assert json.loads((run_dir / "config.json").read_text())["latent_dim"] == 16
     metrics = json.loads((run_dir / "metrics.json").read_text())
     anomaly = metrics["anomaly"]
+    # The validation numbers a user compares runs by: the best pixel AUROC of every candidate
+    # map and smoothing, and the better image AUROC of its peak and of the totals.
+    table, chosen = anomaly["validation"]["candidates"]["cvae"], anomaly["validation"]["chosen"]
+    rows = [row for name, row in table.items() if name != "total_image_auroc"]
+    best = max(rows, key=lambda row: row["pixel_auroc"])
+    assert chosen["cvae"]["pixel_auroc"] == best["pixel_auroc"]
+    assert chosen["cvae"]["image_auroc"] == max(best["peak_image_auroc"],
+                                                table["total_image_auroc"])
+    assert (f"pixel AUROC {best['pixel_auroc']:.3f}, image AUROC "
+            f"{chosen['cvae']['image_auroc']:.3f}. Compare runs") in result.stdout
     kept = json.loads((run_dir / "anomaly_threshold.json").read_text())
     assert kept == anomaly["threshold"]
     # Recompute what the run reported from its own scorer and data, independently.
