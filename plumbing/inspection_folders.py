@@ -27,7 +27,10 @@ def is_inspection_folder(root):
     """True for a folder in the MVTec AD layout: train/ and test/, and train/good/ in it."""
     if not os.path.isdir(root):  # a file, a Keras dataset's name, or a path that is not there
         return False
-    subfolders = {name.lower(): name for name in image_files.subfolders(root)}
+    try:
+        subfolders = {name.lower(): name for name in image_files.subfolders(root)}
+    except OSError:  # unreadable: the loader says so, in its own words
+        return False
     return ({"train", "test"} <= set(subfolders)
             and os.path.isdir(os.path.join(root, subfolders["train"], GOOD)))
 
