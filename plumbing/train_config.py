@@ -6,6 +6,7 @@ The hyperparameters themselves, with their types, defaults and comments, are dec
 the top of train.py.
 """
 
+import json
 import os
 
 from plumbing.arrays import KERAS_DATASETS
@@ -58,6 +59,20 @@ RULES = (
 )
 
 
+def recorded_latent_dim(config):
+    """The latent size out_dir's run recorded, so that the same command resumes it (one started
+    before inspection sets got their own size recorded 2); None for a new run, or with
+    overwrite=True."""
+    path = os.path.join(config["out_dir"], "config.json")
+    if config["overwrite"] or not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f).get("latent_dim")
+    except (OSError, ValueError, AttributeError):  # prepare_out_dir explains an unreadable one
+        return None
+
+
 def read_config(hyperparameters, types, argv, source=None):
     """The hyperparameters with the command line's overrides, checked against RULES. types: the
     type of each hyperparameter, as train.py annotates it (what a None default may become)."""
@@ -70,8 +85,9 @@ def read_config(hyperparameters, types, argv, source=None):
             f"data_path is the local copy of a named dataset ({', '.join(KERAS_DATASETS)}); "
             f"for your own .npz or folder, pass its path as --dataset instead.")
     if config["latent_dim"] is None:  # resolved here, so that config.json records the size
-        config["latent_dim"] = (INSPECTION_LATENT_DIM if is_inspection_folder(config["dataset"])
-                                else ARTICLE_LATENT_DIM)
+        config["latent_dim"] = recorded_latent_dim(config) or (
+            INSPECTION_LATENT_DIM if config["dataset"] not in KERAS_DATASETS
+            and is_inspection_folder(config["dataset"]) else ARTICLE_LATENT_DIM)
     check_rules(config, RULES)
     require(config["binarize"] is None or config["likelihood"] in ("auto", "bernoulli"),
             f"binarize={config['binarize']} makes every pixel 0 or 1, which only the bernoulli "

@@ -19,10 +19,11 @@ from plumbing.model_size import architecture_problem, training_gflops_per_image
 from plumbing.optimizer import MIN_WARMUP_STEPS, fitted_warmup
 from plumbing.train_config import BEFORE_IT_EXISTED
 
-# The length from which an inspection run's detection stopped improving much on the digit and
-# brick sets, in optimizer steps (docs/anomaly-detection.md: 30 against 10 and 100 epochs of
-# 26-29 steps); on grass it did worse than 10 epochs, hence advice, not a default.
-INSPECTION_STEPS = 900
+# The length of an inspection run that found defects far better than 10 epochs (260-290 steps)
+# on the digit and brick sets, and little worse than 100: 30 epochs, 780-870 optimizer steps
+# (docs/anomaly-detection.md). On grass it did worse than 10 epochs, hence advice, not a default:
+# a run shorter than SHORT_INSPECTION_STEPS is told how many epochs make INSPECTION_STEPS.
+INSPECTION_STEPS, SHORT_INSPECTION_STEPS = 850, 700
 
 
 class TrainingRun:
@@ -110,11 +111,11 @@ class TrainingRun:
         self.images_per_epoch = devices.images_per_epoch(data.num_train, self.config["batch_size"],
                                                          self.device_count)
         steps = run_steps(self.config, self.images_per_epoch)
-        if data.inspection and steps["total"] < INSPECTION_STEPS:
+        if data.inspection and steps["total"] < SHORT_INSPECTION_STEPS:
             steps_per_epoch = steps["total"] // self.config["epochs"]
             print(f"An inspection run of {steps['total']} steps: on the digit and brick sets, "
-                  f"{INSPECTION_STEPS} steps found defects clearly better than 300 (on grass, "
-                  f"worse; docs/anomaly-detection.md). Try "
+                  f"about {INSPECTION_STEPS} found defects clearly better than 260-290 (on "
+                  f"grass, worse; docs/anomaly-detection.md). Try "
                   f"--epochs={-(-INSPECTION_STEPS // max(1, steps_per_epoch))} in another out_dir,"
                   f" and keep the run whose synthetic-defect AUROC, at the end of the log, is "
                   f"higher.")

@@ -48,9 +48,41 @@ def test_the_latent_size_left_as_none_is_the_articles_or_an_inspection_sets(tmp_
     inspection, plain = tmp_path / "bottle", tmp_path / "photos"
     for folder in (inspection / "train" / "good", inspection / "test" / "good", plain / "cats"):
         folder.mkdir(parents=True)
-    assert (ARTICLE_LATENT_DIM, INSPECTION_LATENT_DIM) == (2, 16)
-    assert latent_dim() == 2  # MNIST, the article's experiment
-    assert latent_dim(f"--dataset={plain}") == 2
-    assert latent_dim(f"--dataset={inspection}") == 16
+    assert latent_dim() == ARTICLE_LATENT_DIM  # MNIST, the article's experiment
+    assert latent_dim(f"--dataset={plain}") == ARTICLE_LATENT_DIM
+    assert latent_dim(f"--dataset={inspection}") == INSPECTION_LATENT_DIM != ARTICLE_LATENT_DIM
     assert latent_dim(f"--dataset={inspection}", "--latent_dim=3") == 3  # as set, always
     assert latent_dim(f"--dataset={tmp_path / 'missing'}") == 2  # refused later, by the loader
+    # A run in out_dir resumes with the size it recorded (one made before inspection sets had
+    # their own size recorded 2), unless it is to be overwritten.
+    old_run = tmp_path / "old_run"
+    old_run.mkdir()
+    (old_run / "config.json").write_text('{"latent_dim": 2}')
+    assert latent_dim(f"--dataset={inspection}", f"--out_dir={old_run}") == 2
+    assert latent_dim(f"--dataset={inspection}", f"--out_dir={old_run}",
+                      "--overwrite=True") == INSPECTION_LATENT_DIM
+    (old_run / "config.json").write_text("not json")  # prepare_out_dir refuses it, in words
+    assert latent_dim(f"--dataset={inspection}", f"--out_dir={old_run}") == INSPECTION_LATENT_DIM
+
+
+def test_a_keras_datasets_name_or_an_unreadable_folder_is_no_inspection_set(tmp_path,
+                                                                             monkeypatch):
+    import train
+    from plumbing import image_files
+    from plumbing.inspection_folders import is_inspection_folder
+    from plumbing.train_config import read_config
+
+    # A folder named like a Keras dataset, in the MVTec layout, in the working directory: the
+    # name still means the Keras dataset, as data.load_dataset reads it.
+    for folder in (tmp_path / "mnist" / "train" / "good", tmp_path / "mnist" / "test"):
+        folder.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert is_inspection_folder("mnist")
+    config = read_config(train.HYPERPARAMETERS, train.__annotations__, ["--dataset=mnist"])
+    assert config["latent_dim"] == 2
+
+    def unreadable(folder):
+        raise PermissionError(f"cannot list {folder}")
+
+    monkeypatch.setattr(image_files, "subfolders", unreadable)
+    assert not is_inspection_folder(str(tmp_path / "mnist"))
