@@ -6,16 +6,17 @@ The hyperparameters themselves, with their types, defaults and comments, are dec
 the top of train.py.
 """
 
-import json
 import os
 
 from plumbing.arrays import KERAS_DATASETS
+from plumbing.atomic_files import read_json
 from plumbing.command_line import check_rules, parse_overrides
 from plumbing.devices import DISTRIBUTIONS
 from plumbing.errors import require
 from plumbing.inspection_folders import is_inspection_folder
 from plumbing.optimizer import LR_SCHEDULES, OPTIMIZERS
 from plumbing.precision import PRECISIONS
+from plumbing.run_folder import CONFIG_FILE
 
 # What a run made before a hyperparameter existed did, where that is not None (resuming it).
 BEFORE_IT_EXISTED = {"weight_decay": 0.0, "kl_warmup_steps": 0, "cooldown_share": 0.2,
@@ -63,12 +64,11 @@ def recorded_latent_dim(config):
     """The latent size out_dir's run recorded, so that the same command resumes it (one started
     before inspection sets got their own size recorded 2); None for a new run, or with
     overwrite=True."""
-    path = os.path.join(config["out_dir"], "config.json")
+    path = os.path.join(config["out_dir"], CONFIG_FILE)
     if config["overwrite"] or not os.path.isfile(path):
         return None
     try:
-        with open(path) as f:
-            return json.load(f).get("latent_dim")
+        return read_json(path).get("latent_dim")
     except (OSError, ValueError, AttributeError):  # prepare_out_dir explains an unreadable one
         return None
 
