@@ -17,6 +17,7 @@ from keras import ops
 from scipy import ndimage
 
 from cvae import binarized, kl_to_standard_normal, pixel_nats, reparameterize
+from patches import average_patch_maps, cut_into_patches, patch_positions
 
 ANOMALY_DRAWS = 16  # K, the noise vectors of the deterministic score
 # The thresholds are chosen on the held-out normal images alone, never on the test labels: the
@@ -28,7 +29,8 @@ MAX_FPR = 0.3  # the AUPRO's bound, as MVTec AD defines it
 
 
 # ---- the scorer ---------------------------------------------------------------------------------
-def build_anomaly_scorer(model, draws=ANOMALY_DRAWS, seed=0, binarize=None, scoring=None):
+def build_anomaly_scorer(model, draws=ANOMALY_DRAWS, seed=0, binarize=None, scoring=None,
+                         image_shape=None):
     """images (and labels, for a conditional model) -> [anomaly_score (N,), pixel_loss (N, height,
     width)], deterministic, from a CVAE's encoder and decoder, under its likelihood.
 
@@ -44,8 +46,12 @@ def build_anomaly_scorer(model, draws=ANOMALY_DRAWS, seed=0, binarize=None, scor
     for the above. With {"pixel_map", "smoothing_sigma", "image_score"}, pixel_loss is the map
     named (PIXEL_MAPS) smoothed by a Gaussian of smoothing_sigma pixels inside the model, and
     anomaly_score is the negative ELBO ("total") or that map's largest value ("peak").
+
+    image_shape: the images' shape, when larger than the model's input (a model of patches,
+    train.py's patch_size): each image is then scored patch by patch (patches.py), its maps are
+    the patches' averaged where they overlap, and its negative ELBO is its patches' mean.
     """
-    inputs, score, maps = _scorer_graph(model, draws, seed, binarize)
+    inputs, score, maps = _scorer_graph(model, draws, seed, binarize, image_shape)
     pixel_map = maps["loss"]
     if scoring is not None:
         pixel_map = smoothed_in_graph(maps[scoring["pixel_map"]], scoring["smoothing_sigma"])
@@ -54,36 +60,43 @@ def build_anomaly_scorer(model, draws=ANOMALY_DRAWS, seed=0, binarize=None, scor
     return keras.Model(inputs, [score, pixel_map], name="anomaly_scorer")
 
 
-def build_candidate_scorer(model, draws=ANOMALY_DRAWS, seed=0):
+def build_candidate_scorer(model, draws=ANOMALY_DRAWS, seed=0, image_shape=None):
     """images (and labels) -> [negative ELBO (N,), one map per PIXEL_MAPS entry, unsmoothed]:
-    everything choose_scoring compares, in one pass."""
-    inputs, score, maps = _scorer_graph(model, draws, seed, None)
+    everything choose_scoring compares, in one pass (image_shape as in build_anomaly_scorer)."""
+    inputs, score, maps = _scorer_graph(model, draws, seed, None, image_shape)
     return keras.Model(inputs, [score, *(maps[name] for name in PIXEL_MAPS)],
                        name="candidate_scorer")
 
 
-def _scorer_graph(model, draws, seed, binarize):
+def _scorer_graph(model, draws, seed, binarize, image_shape=None):
     """(inputs, the negative ELBO with fixed draws, {name: (N, height, width) map}) as keras
     tensors: the common part of the scorers above."""
     encoder, decoder = model.encoder, model.decoder
-    image_shape = tuple(encoder.inputs[0].shape[1:])
+    model_shape = tuple(encoder.inputs[0].shape[1:])  # an image's, or a patch's
+    image_shape = model_shape if image_shape is None else tuple(image_shape)
     latent_dim = decoder.inputs[0].shape[-1]
     epsilon = np.random.default_rng(seed).standard_normal((draws, latent_dim)).astype("float32")
     given = keras.Input(image_shape, name="image")
     image = binarized(given, 0.5) if binarize == "static" else given
+    patch_count = 1
+    if image_shape != model_shape:  # a model of patches: score every patch, then reassemble
+        patch_count = len(patch_positions(image_shape, model_shape[0]))
+        image = cut_into_patches(image, model_shape[0])  # (P * N, size, size, C)
     log_scale = model.log_scale()
     if log_scale is not None:
         # The calibrated scale as it is now, a constant of the scorer, entered as a node of its
         # graph: a tensor computed outside it would become an input of the exported ONNX file.
         log_scale = ops.mean(0.0 * given, axis=(0, 1, 2)) + ops.convert_to_numpy(log_scale)
     inputs = [given]
+    labels = None
     if len(decoder.inputs) == 2:  # conditional: every draw is decoded in the image's class
         inputs.append(keras.Input(shape=(), dtype="int32", name="label"))
-    z_mean, z_log_var = encoder([image, inputs[1]] if len(inputs) == 2 else image)
+        labels = ops.tile(inputs[1], [patch_count])  # each patch in its image's class
+    z_mean, z_log_var = encoder(image if labels is None else [image, labels])
     z = reparameterize(z_mean[:, None, :], z_log_var[:, None, :], epsilon)  # (N, K, latent)
     z = ops.reshape(z, (-1, latent_dim))  # (N * K, latent), image by image
-    decoded = decoder([z, ops.repeat(inputs[1], draws, axis=0)] if len(inputs) == 2 else z)
-    decoded = ops.reshape(decoded, (-1, draws) + image_shape)  # (N, K, *image_shape)
+    decoded = decoder(z if labels is None else [z, ops.repeat(labels, draws, axis=0)])
+    decoded = ops.reshape(decoded, (-1, draws) + model_shape)  # (N, K, *model_shape)
 
     def expected_over_draws(nats):  # (N, K, h, w, c) -> (N, h, w): mean over K, sum over c
         return ops.sum(ops.mean(nats, axis=1), axis=-1)
@@ -95,6 +108,9 @@ def _scorer_graph(model, draws, seed, binarize):
     maps = {"loss": expected_over_draws(nats), "excess_loss": expected_over_draws(nats - own),
             "dissimilarity": structural_dissimilarity(image, ops.mean(decoded, axis=1))}
     score = ops.sum(maps["loss"], axis=(1, 2)) + kl_to_standard_normal(z_mean, z_log_var)
+    if patch_count > 1:  # back to images: maps averaged where patches overlap, scores' mean
+        maps = {name: average_patch_maps(value, image_shape) for name, value in maps.items()}
+        score = ops.mean(ops.reshape(score, (patch_count, -1)), axis=0)
     return inputs if len(inputs) == 2 else given, score, maps
 
 
@@ -381,19 +397,24 @@ def inspection_metrics(model, data):
     each baseline (anomaly_baselines.py) alike: the scoring chosen on the held-out normal images
     and their synthetic defects, then image- and pixel-level metrics on the test split, overall
     and per defect kind, and what the threshold flags. The CVAE's are at the top level, the
-    baselines' under "baselines", the choice under "validation"."""
+    baselines' under "baselines", the choice under "validation". data: whole images, also for a
+    model of patches (which the scorer then scores patch by patch)."""
     from anomaly_baselines import fit_baselines
     from synthetic_defects import KINDS, draw_synthetic_defects
 
     synthetic, synthetic_masks, synthetic_kinds = draw_synthetic_defects(data.x_val)
-    scorer = build_candidate_scorer(model)
+    scorer = build_candidate_scorer(model, image_shape=data.image_shape)
+    model_shape = tuple(model.encoder.inputs[0].shape[1:])
+    # A model of patches is also set beside baselines fitted on the same patches, so that the
+    # comparison shows what the model adds and not what cutting into patches does.
+    patch_size = None if model_shape == tuple(data.image_shape) else model_shape[0]
 
     def cvae(x):
         score, *maps = anomaly_scores(scorer, x)
         return score, dict(zip(PIXEL_MAPS, maps))
 
     detectors = {"cvae": cvae}
-    for name, baseline in fit_baselines(data.x_train).items():
+    for name, baseline in fit_baselines(data.x_train, patch_size).items():
         detectors[name] = lambda x, baseline=baseline: _totals_and_maps(baseline.maps(x))
     base_sigma = smoothing_sigma(data.image_shape)
     results, validation, chosen, figure_maps = {}, {}, {}, {}

@@ -7,7 +7,8 @@ user sees at once whether the VAE earns its keep on their images:
 
 Both give a per-pixel map, the squared residual summed over the channels, which anomaly.py
 turns into an image score and a smoothed pixel map exactly as it does the VAE's own map.
-Numpy only: fitted on the training images, never on the held-out or the test ones.
+NumPy only (patches.py cuts the images for PatchWise): fitted on the training images, never on
+the held-out or the test ones.
 """
 
 import dataclasses
@@ -77,8 +78,37 @@ class NearestNeighbour:
         return ((x - self.train[self.nearest(x)]) ** 2).sum(axis=-1)
 
 
-def fit_baselines(x_train):
-    """{name: fitted baseline} on the normal training images."""
+@dataclasses.dataclass
+class PatchWise:
+    """A baseline fitted on the training images' patches (patches.py) and applied patch by
+    patch, its maps averaged where the patches overlap: what a model of patches is compared
+    with."""
+    baseline: object
+    size: int
+
+    def maps(self, x):
+        from keras import ops
+
+        from patches import average_patch_maps, cut_into_patches
+
+        patch_maps = self.baseline.maps(ops.convert_to_numpy(cut_into_patches(x, self.size)))
+        return ops.convert_to_numpy(average_patch_maps(patch_maps, np.shape(x)[1:3]))
+
+
+def fit_baselines(x_train, patch_size=None):
+    """{name: fitted baseline} on the normal training images; with patch_size, the same two
+    fitted on their patches as well."""
     pca = PCAResidual.fit(x_train)
-    return {f"pca_residual_{len(pca.components)}": pca,
-            "nearest_neighbour": NearestNeighbour.fit(x_train)}
+    baselines = {f"pca_residual_{len(pca.components)}": pca,
+                 "nearest_neighbour": NearestNeighbour.fit(x_train)}
+    if patch_size is not None:
+        from keras import ops
+
+        from patches import cut_into_patches
+
+        patches = ops.convert_to_numpy(cut_into_patches(x_train, patch_size))
+        pca = PCAResidual.fit(patches)
+        baselines.update({
+            f"pca_residual_{len(pca.components)}_patches": PatchWise(pca, patch_size),
+            "nearest_neighbour_patches": PatchWise(NearestNeighbour.fit(patches), patch_size)})
+    return baselines

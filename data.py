@@ -38,6 +38,9 @@ class ImageData:
     # (N, height, width), 1 where defective; has_mask says which have one.
     test_masks: np.ndarray | None = None
     has_mask: np.ndarray | None = None
+    # For a model of patches (in_patches): the images themselves, which the anomaly evaluation
+    # scores patch by patch; every split above is then their patches.
+    whole: "ImageData | None" = None
 
     @property
     def inspection(self):
@@ -149,6 +152,39 @@ class ImageData:
         return in_memory_batches(self.model_input(
             x[:count], y[:count] if conditional else None, conditional), batch_size)
 
+    def in_patches(self, size):
+        """A copy for a model of size x size patches (train.py's patch_size): every split cut into
+        its overlapping patches (patches.py), labels repeated (a defective test image's patch
+        that misses its masked defect is labelled good), and `whole` keeping these images."""
+        from keras import ops
+
+        from patches import cut_into_patches, patch_positions
+
+        require(self.x_train is not None,
+                f"patch_size cuts the training images into patches in memory, and "
+                f"{self.description} is streamed from disk; pass stream=False (or a smaller "
+                f"image_size), or leave patch_size as None.")
+        require(size <= min(self.image_shape[:2]),
+                f"patch_size={size} is larger than the images ({self.image_shape[0]}x"
+                f"{self.image_shape[1]}); choose at most {min(self.image_shape[:2])}, or None.")
+        count = len(patch_positions(self.image_shape, size))
+
+        def cut(x):
+            return None if x is None else ops.convert_to_numpy(cut_into_patches(x, size))
+
+        def repeat(y):
+            return None if y is None else np.tile(y, count)
+
+        y_test = repeat(self.y_test)
+        if self.inspection:  # a defective image's patch that misses its defect shows none
+            defect_pixels = cut(self.test_masks[..., None]).reshape(len(y_test), -1).sum(axis=1)
+            y_test[(defect_pixels == 0) & repeat(self.has_mask)] = 0
+        return dataclasses.replace(
+            self, image_shape=(size, size, self.image_shape[2]), x_train=cut(self.x_train),
+            y_train=repeat(self.y_train), x_test=cut(self.x_test), y_test=y_test,
+            x_val=cut(self.x_val), y_val=repeat(self.y_val), test_masks=None, has_mask=None,
+            whole=self, description=f"{self.description} in {size}x{size} patches")
+
     @staticmethod
     def model_input(x, y, conditional):
         return {"image": x, "label": y.astype("int32")} if conditional else x
@@ -159,6 +195,8 @@ class ImageData:
                    "train_images": self.num_train, "test_images": len(self.x_test)}
         if self.x_val is not None:
             summary["validation_images"] = len(self.x_val)
+        if self.whole is not None:  # the counts above are then of patches
+            summary["patches_of"] = self.whole.summary()
         return summary
 
 
@@ -210,8 +248,9 @@ def load_dataset_of_run(config, run_dir=None):
 
 def as_trained(data, config):
     """The data with the run's holdout_class left out of training, its validation_images held
-    out (after the holdout, so that evaluate.py draws the same ones), its train_subset applied
-    and its held-out images binarized as binarize says."""
+    out (after the holdout, so that evaluate.py draws the same ones), its train_subset applied,
+    its held-out images binarized as binarize says, and every split in patches for a
+    patch_size."""
     require(config.get("holdout_class") is None or not data.inspection,
             f"{data.description} already keeps its defects out of training (train/good/ only); "
             f"leave holdout_class as None.")
@@ -233,6 +272,8 @@ def as_trained(data, config):
         data = data.select_train(np.arange(data.num_train) < config["train_subset"])
     if config.get("binarize") is not None:
         data = data.with_binarized_held_out(config["binarize"], config.get("seed", 0))
+    if config.get("patch_size") is not None:
+        data = data.in_patches(config["patch_size"])
     return data
 
 

@@ -85,10 +85,11 @@ def evaluate_run(model, config, data, run_dir, settings=None):
     figures = figure_images(model, config, data, z_mean, metrics, settings, rng)
     draw_figures(figures, data, z_mean, scores, metrics, history=metrics["per_epoch"],
                  run_dir=run_dir)
-    if data.inspection:  # good and defective test images, with masks (anomaly.py)
+    inspected = data if data.whole is None else data.whole  # scored whole, patch by patch
+    if inspected.inspection:  # good and defective test images, with masks (anomaly.py)
         import anomaly
 
-        metrics["anomaly"] = anomaly.evaluate_inspection_set(model, data, run_dir)
+        metrics["anomaly"] = anomaly.evaluate_inspection_set(model, inspected, run_dir)
     write_atomically(os.path.join(run_dir, run_folder.SCORES_FILE),
                      lambda temporary: np.save(temporary, scores.astype("float32")))
     metrics["evaluation_seconds"] = time.perf_counter() - started

@@ -43,7 +43,7 @@ def main(argv):
     from anomaly import build_anomaly_scorer
     from data import load_dataset_of_run
     from plumbing.atomic_files import write_atomically
-    from plumbing.run_folder import SCORER_FILE, kept_threshold
+    from plumbing.run_folder import SCORER_FILE, kept_threshold, scored_image_shape
     from saved_run import load_run
 
     config, model = load_run(run_dir)
@@ -51,9 +51,12 @@ def main(argv):
     # threshold new images before their scorer; here no project code stands before the file).
     # An inspection run's file scores and smooths as the kept threshold was chosen for.
     kept = kept_threshold(run_dir) or {}
+    # A model of patches (patch_size) gets whole images, which the file cuts into patches.
     scorer = build_anomaly_scorer(model, binarize=config.get("binarize"),
-                                  scoring=kept.get("scoring"))
+                                  scoring=kept.get("scoring"),
+                                  image_shape=scored_image_shape(config))
     data = load_dataset_of_run(config, run_dir)
+    data = data if data.whole is None else data.whole
     count = max(1, min(settings["check_images"], len(data.x_test)))
     inputs = [data.x_test[:count]] + ([data.y_test[:count].astype("int32")]
                                       if model.conditional else [])
@@ -82,9 +85,9 @@ def main(argv):
 
 def scorer_metadata(run_dir, config):
     """What the file says of itself: its input, and the threshold kept with the run."""
-    from plumbing.run_folder import image_shape_of, kept_threshold
+    from plumbing.run_folder import kept_threshold, scored_image_shape
 
-    shape = image_shape_of(config)
+    shape = scored_image_shape(config)
     binarized = (", thresholded at 0.5 inside the file (the run trained on binarized images)"
                  if config.get("binarize") == "static" else "")
     metadata = {"input": f"float32 (N, {shape[0]}, {shape[1]}, {shape[2]}) in [0, 1]{binarized}",

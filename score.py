@@ -71,8 +71,12 @@ def main(argv):
     config, model = load_run(run_dir)
     test_scores = run_folder.read_test_scores(run_dir)
     rule = decision_rule(run_dir, test_scores, settings)
-    image_shape = run_folder.image_shape_of(config)
+    image_shape = run_folder.scored_image_shape(config)
     label = label_of_run(settings["class_name"], config)
+    require(image_shape == run_folder.image_shape_of(config) or not settings["figures"],
+            f"--figures draws an image beside its reconstruction, and this run's model sees "
+            f"{run_folder.image_shape_of(config)[0]}-pixel patches of its images (patch_size): "
+            f"leave --figures out; --masks shows where an image is anomalous.")
     require(not model.conditional or label is not None,
             "This run is conditional: it scores an image given its class, -log p(x|y). Give the "
             "class with --class_name (its test scores were computed with each image's own class).")
@@ -115,10 +119,9 @@ def score_rows(model, x, names, label, test_scores, rule, image_shape, settings)
     import measures
 
     labels = None if label is None else np.full(len(x), label, "int32")
-    scores, z_mean, z_log_var = measures.negative_elbo_of_new_images(model, x, settings["seed"],
-                                                                     labels)
-    anomaly, maps = anomaly_detection.anomaly_scores(
-        anomaly_detection.build_anomaly_scorer(model, scoring=rule["scoring"]), x, labels)
+    scores, z_mean, z_log_var = new_image_measures(model, x, labels, settings["seed"])
+    anomaly, maps = anomaly_detection.anomaly_scores(anomaly_detection.build_anomaly_scorer(
+        model, scoring=rule["scoring"], image_shape=image_shape), x, labels)
     compared = anomaly if rule["column"] == "anomaly_score" else scores
     rows = [{"path": name, "negative_elbo_nats": f"{score:.4f}",
              "bits_per_dim": f"{measures.bits_per_dim(score, image_shape, model.likelihood):.6f}",
@@ -141,6 +144,30 @@ def score_rows(model, x, names, label, test_scores, rule, image_shape, settings)
     if settings["figures"]:
         draw_explanations(model, x, labels, names, scores, maps, test_scores, settings)
     return rows
+
+
+def new_image_measures(model, x, labels, seed):
+    """(negative ELBO, z_mean, z_log_var) of each image (measures.negative_elbo_of_new_images);
+    for a model of patches, its patches' mean negative ELBO and their codes, (N, patches,
+    latent), as the test split's scores are its patches'."""
+    import measures
+
+    model_shape = tuple(model.encoder.inputs[0].shape[1:])
+    if model_shape == x.shape[1:]:
+        return measures.negative_elbo_of_new_images(model, x, seed, labels)
+    from keras import ops
+
+    from patches import cut_into_patches
+
+    patches = ops.convert_to_numpy(cut_into_patches(x, model_shape[0]))
+    count = len(patches) // len(x)
+    scores, z_mean, z_log_var = measures.negative_elbo_of_new_images(
+        model, patches, seed, None if labels is None else np.tile(labels, count))
+
+    def per_image(values):  # (P * N, ...) -> (N, P, ...)
+        return np.swapaxes(values.reshape((count, len(x)) + values.shape[1:]), 0, 1)
+
+    return per_image(scores).mean(axis=1), per_image(z_mean), per_image(z_log_var)
 
 
 def read_inputs(inputs, image_shape):

@@ -26,6 +26,7 @@ binarize: str = None  # None: grey pixels | static: 0/1 at 0.5 | dynamic: 0/1 dr
 # model
 architecture: str = "article"  # article: its stride-1 convolutions | strided: halving, for large images
 latent_dim: int = None  # size of z; None: the article's 2 (a plottable latent space), 16 for an inspection set
+patch_size: int = None  # N: a model of NxN patches, an image scored patch by patch (textures; docs/anomaly-detection.md)
 conditional: bool = False  # True: encoder and decoder also see the class (labelled data only)
 likelihood: str = "auto"  # auto: bernoulli for MNIST-like images, else discretized_logistic | bernoulli | gaussian | discretized_logistic
 precision: str = "float32"  # float32 | mixed_bfloat16 (CPUs with bf16) | mixed_float16 (GPUs) | auto

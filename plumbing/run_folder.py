@@ -108,8 +108,16 @@ def training_complete(folder, epochs):
 
 # ---- what a run's config.json says --------------------------------------------------------------
 def image_shape_of(config):
-    """The image shape a run was trained on (runs made before other datasets were MNIST's)."""
+    """The shape of the model's input: the images a run was trained on, or their patches (runs
+    made before other datasets were MNIST's)."""
     return tuple(config.get("data", {}).get("image_shape", MNIST_IMAGE_SHAPE))
+
+
+def scored_image_shape(config):
+    """The shape of the images a run scores: those it was trained on, even when its model saw
+    them in patches (train.py's patch_size; the scorer then cuts them itself)."""
+    whole = config.get("data", {}).get("patches_of")
+    return image_shape_of(config) if whole is None else tuple(whole["image_shape"])
 
 
 def read_test_scores(run_dir):

@@ -41,6 +41,8 @@ RULES = (
     ("epochs", lambda value: value > 0, "at least 1"),
     ("batch_size", lambda value: value > 0, "at least 1"),
     ("latent_dim", lambda value: value > 0, "at least 1"),
+    ("patch_size", lambda value: value is None or value >= 8,
+     "None (the model sees whole images) or at least 8 pixels"),
     ("learning_rate", lambda value: value > 0, "positive"),
     ("warmup_steps", lambda value: value >= 0, "0 or more"),
     ("kl_warmup_steps", lambda value: value >= 0, "0 (off) or more"),

@@ -305,7 +305,8 @@ def export_and_compare(run_dir, x):
     _, model = load_run(str(run_dir))
     kept_path = run_dir / "anomaly_threshold.json"
     scoring = json.loads(kept_path.read_text()).get("scoring") if kept_path.exists() else None
-    scores, maps = build_anomaly_scorer(model, scoring=scoring).predict_on_batch(x)
+    scores, maps = build_anomaly_scorer(model, scoring=scoring,
+                                        image_shape=x.shape[1:]).predict_on_batch(x)
     session = onnxruntime.InferenceSession(str(run_dir / "scorer.onnx"))
     onnx_scores, onnx_maps = session.run(["anomaly_score", "pixel_loss"], {"image": x})
     # onnxruntime's float32 convolutions round differently from oneDNN's (see export.py): the
@@ -356,3 +357,50 @@ def test_export_py_refuses_a_folder_that_is_no_run(tmp_path):
     result = run_script("export.py", str(tmp_path))
     assert result.returncode == 2 and "is not a run folder" in result.stderr
     assert "Traceback" not in result.stderr and not os.listdir(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_model_of_patches_scores_whole_images_in_every_command(tmp_path):
+    """patch_size: trained on patches, evaluated, scored, exported and refused where a command
+    needs a whole-image model, on whole images throughout."""
+    root = write_inspection_set(str(tmp_path / "set"), digits(400), n_train=200, n_good=20,
+                                n_per_defect=6)
+    run_dir = tmp_path / "run"
+    result = run_script("train.py", f"--dataset={root}", f"--out_dir={run_dir}",
+                        "--architecture=strided", "--patch_size=16", "--epochs=1",
+                        "--batch_size=64")
+    assert result.returncode == 0, result.stderr[-3000:]
+    # 180 training digits of 28x28 in 16x16 patches at corners 0, 8 and 12: 1,620 patches.
+    assert "in 16x16 patches: 1620 training, 180 validation" in result.stdout
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["data"]["image_shape"] == [16, 16, 1]
+    assert config["data"]["patches_of"]["image_shape"] == [28, 28, 1]
+    anomaly = json.loads((run_dir / "metrics.json").read_text())["anomaly"]
+    assert set(anomaly["baselines"]) == {"pca_residual_32", "nearest_neighbour",
+                                         "pca_residual_32_patches", "nearest_neighbour_patches"}
+    # score.py reads whole digits and gives the scorer's numbers; its masks are whole too.
+    images = [os.path.join(root, "test", kind, "0000.png") for kind in ("good", "blob")]
+    scored = run_script("score.py", str(run_dir), *images, f"--out={tmp_path / 'a.csv'}",
+                        f"--masks={tmp_path / 'masks'}")
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    rows = list(csv.DictReader(open(tmp_path / "a.csv")))
+    from anomaly import build_anomaly_scorer
+    from saved_run import load_run
+
+    _, model = load_run(str(run_dir))
+    kept = json.loads((run_dir / "anomaly_threshold.json").read_text())
+    x = np.stack([np.asarray(Image.open(path), np.float32)[..., None] / 255 for path in images])
+    expected, _ = build_anomaly_scorer(model, scoring=kept["scoring"],
+                                       image_shape=(28, 28, 1)).predict_on_batch(x)
+    assert [float(row["anomaly_score"]) for row in rows] == pytest.approx(expected, abs=1e-3)
+    assert all(np.asarray(Image.open(tmp_path / "masks" / name)).shape == (28, 28)
+               for name in os.listdir(tmp_path / "masks"))
+    # The exported file takes whole digits and agrees with Keras.
+    session = export_and_compare(run_dir, load_dataset(root).x_test[:12])
+    assert session.get_inputs()[0].shape[1:] == [28, 28, 1]
+    # What needs a whole-image model says so in one paragraph.
+    for command in (("score.py", str(run_dir), images[0], f"--figures={tmp_path / 'figures'}"),
+                    ("explore.py", str(run_dir))):
+        refused = run_script(*command)
+        assert refused.returncode == 2 and "patch_size" in refused.stderr, refused.stderr[-2000:]
+        assert "Traceback" not in refused.stderr
