@@ -24,6 +24,9 @@ from plumbing.train_config import BEFORE_IT_EXISTED
 # (docs/anomaly-detection.md). On grass it did worse than 10 epochs, hence advice, not a default:
 # a run shorter than SHORT_INSPECTION_STEPS is told how many epochs make INSPECTION_STEPS.
 INSPECTION_STEPS, SHORT_INSPECTION_STEPS = 850, 700
+# An inspection set of images this large or larger, trained whole, is told of patch_size: a model
+# of patches half their side was measured on 64x64 texture crops (docs/anomaly-detection.md).
+TEXTURE_HINT_SIDE = 64
 
 
 class TrainingRun:
@@ -119,6 +122,12 @@ class TrainingRun:
                   f"--epochs={-(-INSPECTION_STEPS // max(1, steps_per_epoch))} in another out_dir,"
                   f" and keep the run whose synthetic-defect AUROC, at the end of the log, is "
                   f"higher.")
+        if data.inspection and min(data.image_shape[:2]) >= TEXTURE_HINT_SIDE:
+            print(f"If these images are of a texture (no place where things belong: fabric, "
+                  f"wood, a wall), try --patch_size={min(data.image_shape[:2]) // 2} in another "
+                  f"out_dir: a model of patches found the brick set's defects far better, not "
+                  f"grass's (docs/anomaly-detection.md). Keep the run whose synthetic-defect "
+                  f"AUROC is higher.")
         return steps
 
     def write_config(self, **resolved):

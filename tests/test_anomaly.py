@@ -14,7 +14,7 @@ from PIL import Image
 
 import anomaly as anomaly_detection
 from benchmarks.inspection_set import DEFECTS, write_inspection_set
-from conftest import ROOT, coloured_squares, fake_mnist_arrays, run_script
+from conftest import ROOT, coloured_squares, fake_mnist_arrays, require_module, run_script
 from data import load_dataset
 from plumbing.errors import DataError
 
@@ -404,3 +404,17 @@ def test_a_model_of_patches_scores_whole_images_in_every_command(tmp_path):
         refused = run_script(*command)
         assert refused.returncode == 2 and "patch_size" in refused.stderr, refused.stderr[-2000:]
         assert "Traceback" not in refused.stderr
+
+
+@pytest.mark.slow
+def test_an_inspection_set_of_large_images_is_told_of_patch_size(tmp_path):
+    from benchmarks.photo_crops import write_inspection_folder
+
+    require_module("skimage", "scikit-image carries the photographs: "
+                              "pip install -r requirements-dev.txt")
+    root = write_inspection_folder("brick", str(tmp_path / "brick"), train=40, good=6,
+                                   per_defect=2, seed=0)
+    result = run_script("train.py", f"--dataset={root}", f"--out_dir={tmp_path / 'run'}",
+                        "--architecture=strided", "--epochs=1", "--batch_size=16")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "of a texture" in result.stdout and "try --patch_size=32 in another" in result.stdout
