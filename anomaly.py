@@ -17,7 +17,7 @@ from keras import ops
 from scipy import ndimage
 
 from cvae import binarized, kl_to_standard_normal, pixel_nats, reparameterize
-from patches import average_patch_maps, cut_into_patches, patch_positions
+from patches import average_patch_maps, cut_into_patches, patch_positions, patch_size_of
 
 ANOMALY_DRAWS = 16  # K, the noise vectors of the deterministic score
 # The thresholds are chosen on the held-out normal images alone, never on the test labels: the
@@ -51,37 +51,43 @@ def build_anomaly_scorer(model, draws=ANOMALY_DRAWS, seed=0, binarize=None, scor
     train.py's patch_size): each image is then scored patch by patch (patches.py), its maps are
     the patches' averaged where they overlap, and its negative ELBO is its patches' mean.
     """
-    inputs, score, maps = _scorer_graph(model, draws, seed, binarize, image_shape)
+    inputs, score, maps, patch_count = _scorer_graph(model, draws, seed, binarize, image_shape)
     pixel_map = maps["loss"]
     if scoring is not None:
         pixel_map = smoothed_in_graph(maps[scoring["pixel_map"]], scoring["smoothing_sigma"])
         if scoring["image_score"] == "peak":
             score = ops.max(pixel_map, axis=(1, 2))
-    return keras.Model(inputs, [score, pixel_map], name="anomaly_scorer")
+    scorer = keras.Model(inputs, [score, pixel_map], name="anomaly_scorer")
+    scorer.patches_per_image = patch_count  # anomaly_scores sizes its batches by it
+    return scorer
 
 
 def build_candidate_scorer(model, draws=ANOMALY_DRAWS, seed=0, image_shape=None):
     """images (and labels) -> [negative ELBO (N,), one map per PIXEL_MAPS entry, unsmoothed]:
     everything choose_scoring compares, in one pass (image_shape as in build_anomaly_scorer)."""
-    inputs, score, maps = _scorer_graph(model, draws, seed, None, image_shape)
-    return keras.Model(inputs, [score, *(maps[name] for name in PIXEL_MAPS)],
-                       name="candidate_scorer")
+    inputs, score, maps, patch_count = _scorer_graph(model, draws, seed, None, image_shape)
+    scorer = keras.Model(inputs, [score, *(maps[name] for name in PIXEL_MAPS)],
+                         name="candidate_scorer")
+    scorer.patches_per_image = patch_count
+    return scorer
 
 
 def _scorer_graph(model, draws, seed, binarize, image_shape=None):
     """(inputs, the negative ELBO with fixed draws, {name: (N, height, width) map}) as keras
-    tensors: the common part of the scorers above."""
+    tensors, and the patches an image is cut into (1 for a whole-image model): the common part
+    of the scorers above."""
     encoder, decoder = model.encoder, model.decoder
     model_shape = tuple(encoder.inputs[0].shape[1:])  # an image's, or a patch's
     image_shape = model_shape if image_shape is None else tuple(image_shape)
+    patch_size = patch_size_of(model, image_shape)
     latent_dim = decoder.inputs[0].shape[-1]
     epsilon = np.random.default_rng(seed).standard_normal((draws, latent_dim)).astype("float32")
     given = keras.Input(image_shape, name="image")
     image = binarized(given, 0.5) if binarize == "static" else given
     patch_count = 1
-    if image_shape != model_shape:  # a model of patches: score every patch, then reassemble
-        patch_count = len(patch_positions(image_shape, model_shape[0]))
-        image = cut_into_patches(image, model_shape[0])  # (P * N, size, size, C)
+    if patch_size is not None:  # a model of patches: score every patch, then reassemble
+        patch_count = len(patch_positions(image_shape, patch_size))
+        image = cut_into_patches(image, patch_size)  # (P * N, size, size, C)
     log_scale = model.log_scale()
     if log_scale is not None:
         # The calibrated scale as it is now, a constant of the scorer, entered as a node of its
@@ -93,8 +99,9 @@ def _scorer_graph(model, draws, seed, binarize, image_shape=None):
         inputs.append(keras.Input(shape=(), dtype="int32", name="label"))
         labels = ops.tile(inputs[1], [patch_count])  # each patch in its image's class
     z_mean, z_log_var = encoder(image if labels is None else [image, labels])
+    # N below is the number of images, or of patches (P * N) for a model of patches.
     z = reparameterize(z_mean[:, None, :], z_log_var[:, None, :], epsilon)  # (N, K, latent)
-    z = ops.reshape(z, (-1, latent_dim))  # (N * K, latent), image by image
+    z = ops.reshape(z, (-1, latent_dim))  # (N * K, latent), image (or patch) by image
     decoded = decoder(z if labels is None else [z, ops.repeat(labels, draws, axis=0)])
     decoded = ops.reshape(decoded, (-1, draws) + model_shape)  # (N, K, *model_shape)
 
@@ -111,7 +118,7 @@ def _scorer_graph(model, draws, seed, binarize, image_shape=None):
     if patch_count > 1:  # back to images: maps averaged where patches overlap, scores' mean
         maps = {name: average_patch_maps(value, image_shape) for name, value in maps.items()}
         score = ops.mean(ops.reshape(score, (patch_count, -1)), axis=0)
-    return inputs if len(inputs) == 2 else given, score, maps
+    return inputs if len(inputs) == 2 else given, score, maps, patch_count
 
 
 SSIM_SIGMA = 1.5  # the Gaussian window of Wang et al.'s SSIM, in pixels
@@ -168,8 +175,10 @@ def smoothed_in_graph(maps, sigma, truncate=4.0):
 def anomaly_scores(scorer, x, labels=None, batch_size=32):
     """(anomaly_score (N,), pixel_loss (N, height, width)) of build_anomaly_scorer's scorer (and
     every further map of build_candidate_scorer's); batches of 32 images, so that K decodes of
-    each fit in memory. A short last batch is padded with copies of its first image (each image
+    each fit in memory (fewer images when the scorer cuts each into patches: K decodes of each
+    patch). A short last batch is padded with copies of its first image (each image
     is scored on its own), so that every call has one shape and TensorFlow traces once."""
+    batch_size = max(1, batch_size // getattr(scorer, "patches_per_image", 1))
     outputs = []
     for start in range(0, len(x), batch_size):
         batch = x[start:start + batch_size]
@@ -404,10 +413,7 @@ def inspection_metrics(model, data):
 
     synthetic, synthetic_masks, synthetic_kinds = draw_synthetic_defects(data.x_val)
     scorer = build_candidate_scorer(model, image_shape=data.image_shape)
-    model_shape = tuple(model.encoder.inputs[0].shape[1:])
-    # A model of patches is also set beside baselines fitted on the same patches, so that the
-    # comparison shows what the model adds and not what cutting into patches does.
-    patch_size = None if model_shape == tuple(data.image_shape) else model_shape[0]
+    patch_size = patch_size_of(model, data.image_shape)  # its baselines are fitted on patches too
 
     def cvae(x):
         score, *maps = anomaly_scores(scorer, x)

@@ -102,11 +102,9 @@ def fit_baselines(x_train, patch_size=None):
     baselines = {f"pca_residual_{len(pca.components)}": pca,
                  "nearest_neighbour": NearestNeighbour.fit(x_train)}
     if patch_size is not None:
-        from keras import ops
+        from patches import patches_of_each_image
 
-        from patches import cut_into_patches
-
-        patches = ops.convert_to_numpy(cut_into_patches(x_train, patch_size))
+        patches = patches_of_each_image(x_train, patch_size)
         pca = PCAResidual.fit(patches)
         baselines.update({
             f"pca_residual_{len(pca.components)}_patches": PatchWise(pca, patch_size),

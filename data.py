@@ -154,11 +154,10 @@ class ImageData:
 
     def in_patches(self, size):
         """A copy for a model of size x size patches (train.py's patch_size): every split cut into
-        its overlapping patches (patches.py), labels repeated (a defective test image's patch
-        that misses its masked defect is labelled good), and `whole` keeping these images."""
-        from keras import ops
-
-        from patches import cut_into_patches, patch_positions
+        its overlapping patches (patches.py), image by image, labels repeated (a defective test
+        image's patch that misses its masked defect is labelled good), and `whole` keeping these
+        images."""
+        from patches import patch_positions, patches_of_each_image
 
         require(self.x_train is not None,
                 f"patch_size cuts the training images into patches in memory, and "
@@ -170,10 +169,10 @@ class ImageData:
         count = len(patch_positions(self.image_shape, size))
 
         def cut(x):
-            return None if x is None else ops.convert_to_numpy(cut_into_patches(x, size))
+            return None if x is None else patches_of_each_image(x, size)
 
         def repeat(y):
-            return None if y is None else np.tile(y, count)
+            return None if y is None else np.repeat(y, count)
 
         y_test = repeat(self.y_test)
         if self.inspection:  # a defective image's patch that misses its defect shows none

@@ -90,6 +90,8 @@ def evaluate_run(model, config, data, run_dir, settings=None):
         import anomaly
 
         metrics["anomaly"] = anomaly.evaluate_inspection_set(model, inspected, run_dir)
+    if data.whole is not None:  # one score per test image: its patches' mean, as score.py's
+        scores = scores.reshape(len(data.whole.x_test), -1).mean(axis=1)
     write_atomically(os.path.join(run_dir, run_folder.SCORES_FILE),
                      lambda temporary: np.save(temporary, scores.astype("float32")))
     metrics["evaluation_seconds"] = time.perf_counter() - started

@@ -67,11 +67,9 @@ def main(argv):
     from saved_run import load_run
 
     config, model = load_run(run_dir)
-    require(run_folder.scored_image_shape(config) == run_folder.image_shape_of(config),
-            f"The explorer shows whole images beside their codes, and the model in {run_dir!r} "
-            f"sees {run_folder.image_shape_of(config)[0]}-pixel patches of its images "
-            f"(patch_size): score its images with `python score.py {run_dir} IMAGES --masks=DIR`, "
-            f"or explore a run trained without patch_size.")
+    run_folder.require_whole_image_model(
+        config, "The explorer shows whole images beside their codes",
+        f"score its images with `python score.py {run_dir} IMAGES`")
     explorer = Explorer(model, config, run_dir, settings)
     figures = run_folder.FIGURE_FILES + (run_folder.RECONSTRUCTIONS_FILE, run_folder.GIF_FILE)
 

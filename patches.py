@@ -1,17 +1,11 @@
-"""Images as overlapping square patches, for a model of texture patches (train.py's patch_size).
+"""Images as overlapping square patches, for a model of texture patches (train.py's patch_size;
+why and what it measured: docs/anomaly-detection.md, "A model of patches, for textures").
 
-A texture has no place where things belong: a brick wall's joints fall anywhere in a 64x64 crop,
-and a VAE with a small latent space must spend it on where they fall, so it draws them as a blur
-and every good crop with a joint scores as anomalous. A model of small patches sees fewer
-arrangements; the MVTec AD paper (Bergmann et al. 2021, "The MVTec Anomaly Detection Dataset",
-IJCV) trains its texture autoencoders on patches and scores an image patch by patch in the same
-way. Here the patches overlap by half (stride size // 2, the last one flush with the far edge),
-the model is trained on every patch of every training image, and a map computed per patch (a
-pixel's loss, say) is brought back to the image by averaging it where patches overlap.
-
-Both functions are keras.ops, so that the anomaly scorer cuts and reassembles inside its own
-graph (and the exported scorer.onnx with it), and so that the NumPy baselines and the training
-data are cut by the same code.
+The patches overlap by half (stride size // 2, the last one flush with the far edge). A map
+computed per patch (a pixel's loss, say) is brought back to its image by averaging it where
+patches overlap. cut_into_patches and average_patch_maps are keras.ops, so that the anomaly
+scorer cuts and reassembles inside its own graph (and the exported scorer.onnx with it); the
+training data and the NumPy baselines are cut by the same code.
 """
 
 import numpy as np
@@ -43,6 +37,22 @@ def cut_into_patches(images, size):
                            axis=0)
 
 
+def patches_of_each_image(images, size):
+    """NumPy (N, height, width, C) -> (N * P, size, size, C), image by image: the n-th image's
+    p-th patch at n * P + p, so that a split's first rows are whole images' patches."""
+    cut = ops.convert_to_numpy(cut_into_patches(images, size))
+    count = len(cut) // len(images)
+    by_image = np.swapaxes(cut.reshape((count, len(images)) + cut.shape[1:]), 0, 1)
+    return by_image.reshape((-1,) + cut.shape[1:])
+
+
+def patch_size_of(model, image_shape):
+    """The side of the patches a model scores images of image_shape by; None when the model
+    takes the images whole."""
+    model_shape = tuple(model.encoder.inputs[0].shape[1:])
+    return None if model_shape == tuple(image_shape) else model_shape[0]
+
+
 def average_patch_maps(maps, image_shape):
     """(P * N, size, size) per-patch maps, in cut_into_patches's order -> (N, height, width):
     each pixel's average over the patches that cover it."""
@@ -57,4 +67,6 @@ def average_patch_maps(maps, image_shape):
         placed = ops.pad(maps[index], [[0, 0], [top, height - top - size],
                                        [left, width - left - size]])
         total = placed if total is None else total + placed
+    # A NumPy constant, not a tensor: inside the scorer's graph a tensor made outside it would
+    # become an input of the exported ONNX file.
     return total / coverage

@@ -68,10 +68,14 @@ def draw_interpolation(model, config, label, settings, out_dir):
     """The straight line between the codes of the two images of --interpolate, decoded."""
     import measures
     import plotting
+    from plumbing import run_folder
 
     ends = settings["interpolate"].split(",")
     require(len(ends) == 2, f"--interpolate takes two image files separated by a comma, not "
                             f"{settings['interpolate']!r}.")
+    run_folder.require_whole_image_model(
+        config, "--interpolate encodes two whole images",
+        "leave --interpolate out to decode patches drawn from the prior")
     images = read_images(ends, config)
     require(not model.conditional or label is not None,
             "This run is conditional: give the class of the two images with --class_name.")
@@ -107,7 +111,8 @@ def draw_prior_samples(model, config, label, settings, out_dir):
                                             images.dtype)])
     path = plotting.plot_image_grid(
         grid, rows, columns, os.path.join(out_dir, "samples.png"),
-        f"{n} images decoded from z ~ N(0, I), seed {settings['seed']}"
+        f"{n} {'patches' if config.get('patch_size') else 'images'} decoded from z ~ N(0, I), "
+        f"seed {settings['seed']}"
         + ("" if labels is None else ", class " + (
             config["data"]["class_names"][label] if label is not None else "by column")))
     print(f"Wrote {path}")

@@ -73,10 +73,10 @@ def main(argv):
     rule = decision_rule(run_dir, test_scores, settings)
     image_shape = run_folder.scored_image_shape(config)
     label = label_of_run(settings["class_name"], config)
-    require(image_shape == run_folder.image_shape_of(config) or not settings["figures"],
-            f"--figures draws an image beside its reconstruction, and this run's model sees "
-            f"{run_folder.image_shape_of(config)[0]}-pixel patches of its images (patch_size): "
-            f"leave --figures out; --masks shows where an image is anomalous.")
+    if settings["figures"]:
+        run_folder.require_whole_image_model(
+            config, "--figures draws each image beside its reconstruction",
+            "leave --figures out (the CSV still scores each image, patch by patch)")
     require(not model.conditional or label is not None,
             "This run is conditional: it scores an image given its class, -log p(x|y). Give the "
             "class with --class_name (its test scores were computed with each image's own class).")
@@ -123,8 +123,9 @@ def score_rows(model, x, names, label, test_scores, rule, image_shape, settings)
     anomaly, maps = anomaly_detection.anomaly_scores(anomaly_detection.build_anomaly_scorer(
         model, scoring=rule["scoring"], image_shape=image_shape), x, labels)
     compared = anomaly if rule["column"] == "anomaly_score" else scores
+    scored_shape = tuple(model.encoder.inputs[0].shape[1:])  # an image's, or a patch's
     rows = [{"path": name, "negative_elbo_nats": f"{score:.4f}",
-             "bits_per_dim": f"{measures.bits_per_dim(score, image_shape, model.likelihood):.6f}",
+             "bits_per_dim": f"{measures.bits_per_dim(score, scored_shape, model.likelihood):.6f}",
              "anomaly_score": f"{anomaly_score:.4f}",
              "percentile": f"{100.0 * np.mean(test_scores <= score):.2f}",
              "anomalous": bool(value > rule["threshold"]), "error": ""}
@@ -148,24 +149,21 @@ def score_rows(model, x, names, label, test_scores, rule, image_shape, settings)
 
 def new_image_measures(model, x, labels, seed):
     """(negative ELBO, z_mean, z_log_var) of each image (measures.negative_elbo_of_new_images);
-    for a model of patches, its patches' mean negative ELBO and their codes, (N, patches,
-    latent), as the test split's scores are its patches'."""
+    for a model of patches, the mean negative ELBO of its patches (nats per patch, as the run's
+    test_scores.npy holds for each test image) and their codes, (N, patches, latent)."""
     import measures
+    from patches import patch_size_of, patches_of_each_image
 
-    model_shape = tuple(model.encoder.inputs[0].shape[1:])
-    if model_shape == x.shape[1:]:
+    patch_size = patch_size_of(model, x.shape[1:])
+    if patch_size is None:
         return measures.negative_elbo_of_new_images(model, x, seed, labels)
-    from keras import ops
-
-    from patches import cut_into_patches
-
-    patches = ops.convert_to_numpy(cut_into_patches(x, model_shape[0]))
+    patches = patches_of_each_image(x, patch_size)
     count = len(patches) // len(x)
     scores, z_mean, z_log_var = measures.negative_elbo_of_new_images(
-        model, patches, seed, None if labels is None else np.tile(labels, count))
+        model, patches, seed, None if labels is None else np.repeat(labels, count))
 
-    def per_image(values):  # (P * N, ...) -> (N, P, ...)
-        return np.swapaxes(values.reshape((count, len(x)) + values.shape[1:]), 0, 1)
+    def per_image(values):  # (N * P, ...) -> (N, P, ...)
+        return values.reshape((len(x), count) + values.shape[1:])
 
     return per_image(scores).mean(axis=1), per_image(z_mean), per_image(z_log_var)
 

@@ -113,6 +113,15 @@ def image_shape_of(config):
     return tuple(config.get("data", {}).get("image_shape", MNIST_IMAGE_SHAPE))
 
 
+def require_whole_image_model(config, needs, instead):
+    """Refuse, in one paragraph, what needs a model of whole images (`needs`, a clause) on a run
+    whose model sees patches of them (train.py's patch_size); `instead`: what to do."""
+    if config.get("patch_size") is not None:
+        raise ConfigError(f"{needs}, and this run's model sees {config['patch_size']}x"
+                          f"{config['patch_size']} patches of its images (patch_size): "
+                          f"{instead}, or use a run trained without patch_size.")
+
+
 def scored_image_shape(config):
     """The shape of the images a run scores: those it was trained on, even when its model saw
     them in patches (train.py's patch_size; the scorer then cuts them itself)."""

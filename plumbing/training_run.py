@@ -65,6 +65,10 @@ class TrainingRun:
         config["data"] = data.summary()
         problem = architecture_problem(data.image_shape, config["latent_dim"],
                                        config["architecture"])
+        if problem is not None and data.whole is not None:
+            problem += (f" (The model's images here are the {data.image_shape[0]}x"
+                        f"{data.image_shape[1]} patches of patch_size: choose another "
+                        f"--patch_size, such as a multiple of 8, rather than an --image_size.)")
         require(problem is None, problem)
         require(not config["conditional"] or data.y_train is not None,
                 f"conditional=True needs class labels, and {data.description} has none: give it "
@@ -123,8 +127,10 @@ class TrainingRun:
                   f" and keep the run whose synthetic-defect AUROC, at the end of the log, is "
                   f"higher.")
         if data.inspection and min(data.image_shape[:2]) >= TEXTURE_HINT_SIDE:
+            # Half the side, a multiple of 8 so that the strided architecture can halve it.
             print(f"If these images are of a texture (no place where things belong: fabric, "
-                  f"wood, a wall), try --patch_size={min(data.image_shape[:2]) // 2} in another "
+                  f"wood, a wall), try --patch_size={min(data.image_shape[:2]) // 16 * 8} in "
+                  f"another "
                   f"out_dir: a model of patches found the brick set's defects far better, not "
                   f"grass's (docs/anomaly-detection.md). Keep the run whose synthetic-defect "
                   f"AUROC is higher.")

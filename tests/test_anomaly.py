@@ -393,14 +393,33 @@ def test_a_model_of_patches_scores_whole_images_in_every_command(tmp_path):
     expected, _ = build_anomaly_scorer(model, scoring=kept["scoring"],
                                        image_shape=(28, 28, 1)).predict_on_batch(x)
     assert [float(row["anomaly_score"]) for row in rows] == pytest.approx(expected, abs=1e-3)
-    assert all(np.asarray(Image.open(tmp_path / "masks" / name)).shape == (28, 28)
-               for name in os.listdir(tmp_path / "masks"))
+    masks = sorted(os.listdir(tmp_path / "masks"))
+    assert len(masks) == 2 and all(
+        np.asarray(Image.open(tmp_path / "masks" / name)).shape == (28, 28) for name in masks)
+    # Its negative ELBO is nats per patch, ranked among the test digits' (their patches' means).
+    import measures
+
+    test_scores = np.load(run_dir / "test_scores.npy")
+    assert len(test_scores) == len(load_dataset(root).x_test)
+    for row in rows:
+        nats = float(row["negative_elbo_nats"])
+        assert float(row["bits_per_dim"]) == pytest.approx(
+            measures.bits_per_dim(nats, (16, 16, 1), model.likelihood), rel=1e-4)
+        assert float(row["percentile"]) == pytest.approx(100 * np.mean(test_scores <= nats),
+                                                         abs=0.01)
+    # evaluate.py, run again on the finished run, reports the same inspection numbers.
+    again = run_script("evaluate.py", str(run_dir))
+    assert again.returncode == 0, again.stderr[-2000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())["anomaly"]
+    assert metrics["image_auroc"] == anomaly["image_auroc"]
+    assert metrics["pixel_auroc"] == anomaly["pixel_auroc"]
     # The exported file takes whole digits and agrees with Keras.
     session = export_and_compare(run_dir, load_dataset(root).x_test[:12])
     assert session.get_inputs()[0].shape[1:] == [28, 28, 1]
     # What needs a whole-image model says so in one paragraph.
     for command in (("score.py", str(run_dir), images[0], f"--figures={tmp_path / 'figures'}"),
-                    ("explore.py", str(run_dir))):
+                    ("explore.py", str(run_dir)),
+                    ("sample.py", str(run_dir), f"--interpolate={images[0]},{images[1]}")):
         refused = run_script(*command)
         assert refused.returncode == 2 and "patch_size" in refused.stderr, refused.stderr[-2000:]
         assert "Traceback" not in refused.stderr

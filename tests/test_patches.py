@@ -10,7 +10,14 @@ import anomaly as anomaly_detection
 from anomaly_baselines import PatchWise, PCAResidual, fit_baselines
 from cvae import build_cvae
 from data import ImageData
-from patches import average_patch_maps, cut_into_patches, patch_corners, patch_positions
+from patches import (
+    average_patch_maps,
+    cut_into_patches,
+    patch_corners,
+    patch_positions,
+    patch_size_of,
+    patches_of_each_image,
+)
 from plumbing.errors import ConfigError
 from plumbing.train_config import read_config
 
@@ -51,6 +58,9 @@ def test_patches_are_cut_patch_by_patch_and_averaged_back_where_they_overlap():
     averaged = ops.convert_to_numpy(average_patch_maps(maps, (28, 20)))
     np.testing.assert_allclose(averaged, np.broadcast_to(expected[0] / expected[1], (3, 28, 20)),
                                rtol=1e-6)
+    # The order of a split: image by image, each image's patches in cut order.
+    by_image = patches_of_each_image(images, 12)
+    np.testing.assert_array_equal(by_image[2 * len(positions) + 4], cut[4 * 3 + 2])
 
 
 def small_inspection_data(seed=0):
@@ -69,8 +79,9 @@ def test_in_patches_cuts_every_split_and_keeps_the_whole_images():
     patched = data.in_patches(16)  # corners 0 and 8 on each side: 4 patches an image
     assert patched.image_shape == (16, 16, 1) and patched.whole is data
     assert (patched.num_train, len(patched.x_val), len(patched.x_test)) == (40, 16, 24)
-    # The defect (rows and columns 2-5) lies in the first patch only: the others are good.
-    assert patched.y_test.tolist() == [0, 0, 0, 1, 1, 1] + [0] * 18
+    # Image by image; the defect (rows and columns 2-5) lies in the first patch only.
+    assert patched.y_test.tolist() == [0, 0, 0, 0] * 3 + [1, 0, 0, 0] * 3
+    np.testing.assert_array_equal(patched.x_test[5 * 4 + 3], data.x_test[5, 8:24, 8:24])
     assert not patched.inspection  # the evaluation scores data.whole, with its masks
     summary = patched.summary()
     assert summary["image_shape"] == [16, 16, 1] and summary["train_images"] == 40
@@ -101,6 +112,7 @@ def test_patch_size_below_8_is_refused_on_the_command_line():
 def test_the_scorer_of_a_model_of_patches_scores_each_patch_and_averages_them():
     data = small_inspection_data()
     model = build_cvae(4, (16, 16, 1), "strided", seed=0, likelihood="discretized_logistic")
+    assert patch_size_of(model, (24, 24, 1)) == 16 and patch_size_of(model, (16, 16, 1)) is None
     x = data.x_test
     whole = anomaly_detection.build_candidate_scorer(model, image_shape=x.shape[1:])
     scores, *maps = whole.predict_on_batch(x)
