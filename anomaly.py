@@ -505,8 +505,11 @@ def _draw_inspection_figures(data, maps, anomaly, run_dir):
                                            result["image_auroc"])
     plotting.plot_anomaly_rocs(curves, os.path.join(run_dir, "anomaly_roc.png"))
     threshold = anomaly["threshold"]
-    score_name = (f"the {IMAGE_SCORES[anomaly['scoring']['image_score']]} of the per-pixel "
-                  f"loss (nats)")
+    scoring = anomaly["scoring"]
+    map_name = {"loss": "per-pixel loss (nats)", "excess_loss": "per-pixel excess loss (nats)",
+                "dissimilarity": "per-pixel 1 - SSIM"}[scoring["pixel_map"]]
+    score_name = ("the negative ELBO (nats)" if scoring["image_score"] == "total" else
+                  f"the {IMAGE_SCORES['peak']} of the {map_name}")
     plotting.plot_anomaly_histograms(
         scores[~is_defect], {kind: scores[data.y_test == label]
                              for label, kind in enumerate(data.class_names) if label > 0},
