@@ -29,7 +29,7 @@ latent_dim: int = None  # size of z; None: the article's 2 (a plottable latent s
 patch_size: int = None  # N: a model of NxN patches, an image scored patch by patch (textures; docs/anomaly-detection.md)
 conditional: bool = False  # True: encoder and decoder also see the class (labelled data only)
 likelihood: str = "auto"  # auto: bernoulli for MNIST-like images, else discretized_logistic | bernoulli | gaussian | discretized_logistic
-precision: str = "float32"  # float32 | mixed_bfloat16 (CPUs with bf16) | mixed_float16 (GPUs) | auto
+precision: str = "auto"  # auto: bf16 on a CPU that has it, fp16 on a GPU, else float32 | float32 | mixed_bfloat16 | mixed_float16
 # optimizer
 optimizer: str = "rmsprop"  # rmsprop (the article's) | adam | sgd
 learning_rate: float = 1e-3  # peak learning rate, reached after the warm-up
@@ -102,7 +102,7 @@ def main(argv):
                            likelihood=likelihood, binarize=config["binarize"],
                            kl_warmup_steps=config["kl_warmup_steps"])
         model.kl_warmup_steps = steps["kl_warmup"]
-        precision.biases_added_in_float32(model)
+        precision.float32_where_16_bits_lose(model)
         run.describe_model(model)  # its layers, parameters and cost
         # The XLA-compiled update cannot run inside tf.distribute's replicas (it would have to
         # sum their gradients inside a nested compiled function, which TensorFlow refuses).

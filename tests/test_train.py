@@ -32,6 +32,12 @@ def test_two_epochs_on_a_small_file_write_the_whole_run(finished_run):
     assert config["data_path"] == fake_mnist_path and config["latent_dim"] == 2
     assert config["optimizer"] == "rmsprop" and config["seed"] == 0
     assert {"keras", "tensorflow"} <= set(config["versions"])
+    # precision=auto, the default: what this machine runs natively, said in the log and recorded.
+    from plumbing.precision import resolve
+
+    policy, why = resolve("auto")
+    assert config["precision"] == "auto" and config["precision_used"] == policy
+    assert f"Precision: {policy}" in result.stdout and why in result.stdout
 
     with open(out_dir / "history.csv") as f:
         rows = list(csv.DictReader(f))

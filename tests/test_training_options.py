@@ -193,6 +193,41 @@ def test_precision_auto_chooses_what_the_hardware_runs_natively(monkeypatch, cap
         other, "precision=auto: as this run started")
 
 
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "float32"])
+def test_under_a_16_bit_policy_only_the_convolutions_compute_in_16_bits(policy):
+    # The Dense layers cost seed 2 half a nat in bf16 (docs/speed.md); the convolutions are
+    # where the speed is. Every layer with weights, as train.py leaves it:
+    from plumbing.precision import float32_where_16_bits_lose
+
+    keras.mixed_precision.set_dtype_policy(policy)
+    try:
+        model = build_cvae(2, (28, 28, 1), seed=0)
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    float32_where_16_bits_lose(model)
+    computed = {f"{part.name}/{layer.name}": layer.compute_dtype
+                for part in (model.encoder, model.decoder) for layer in part.layers
+                if layer.weights}
+    sixteen = "bfloat16" if policy == "mixed_bfloat16" else "float32"
+    assert computed == {
+        "encoder/conv_1": sixteen, "encoder/conv_2": sixteen, "encoder/conv_3": sixteen,
+        "encoder/dense_hidden": "float32", "encoder/z_mean": "float32",
+        "encoder/z_log_var": "float32", "decoder/dense_hidden": "float32",
+        "decoder/dense_unflatten": "float32", "decoder/deconv_1": sixteen,
+        "decoder/deconv_2": sixteen, "decoder/deconv_3": sixteen,
+        "decoder/pixel_probabilities": "float32"}
+    # The variables stay float32 either way, and a Dense layer's output is float32 although
+    # its input came from a 16-bit convolution.
+    assert {variable.dtype for variable in model.trainable_variables} == {"float32"}
+    x = np.random.default_rng(0).random((2, 28, 28, 1)).astype("float32")
+    features = model.encoder.get_layer("flatten")
+    hidden = model.encoder.get_layer("dense_hidden")
+    probe = keras.Model(model.encoder.input, [features.output, hidden.output])
+    flat, h = probe(x)
+    assert keras.backend.standardize_dtype(flat.dtype) == sixteen
+    assert keras.backend.standardize_dtype(h.dtype) == "float32"
+
+
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow",
                     reason="bf16 is chosen on TensorFlow only (plumbing/precision.py)")
 def test_under_mixed_bfloat16_a_bias_gradient_is_summed_in_float32():
