@@ -256,8 +256,10 @@ def test_mnist_trains_and_scores_as_recorded(tmp_path, real_mnist_path):
     # 392.7520 and 232.79; tf.data's own shuffle had given 398.7208 and 235.44, Keras's
     # conversion of the arrays 391.1282 and 228.88), same command: 10 steps on the first 640
     # real MNIST training digits, then the whole evaluation.
-    result = run_train(f"--data_path={real_mnist_path}", f"--out_dir={tmp_path / 'run'}",
-                       "--epochs=1", "--train_subset=640", "--warmup_steps=5")
+    # Recorded in float32: the default precision=auto trains in bf16 on a CPU that has it.
+    result = run_train("--precision=float32", f"--data_path={real_mnist_path}",
+                       f"--out_dir={tmp_path / 'run'}", "--epochs=1", "--train_subset=640",
+                       "--warmup_steps=5")
     assert result.returncode == 0, result.stderr[-3000:]
     with open(tmp_path / "run" / "history.csv") as f:
         row = {key: float(value) for key, value in next(csv.DictReader(f)).items()}
