@@ -3,7 +3,7 @@
 - A GPU with tensor cores (compute capability 7.0 or more): mixed_float16.
 - A CPU with native bfloat16 (AVX512_BF16 or AMX) on TensorFlow: mixed_bfloat16, with the Dense
   layers in float32 (below). oneDNN runs the convolutions in bf16 there: a training epoch about
-  1.8 times as fast as float32 on a two-core AMX Xeon, and the full default run on seeds 0, 1
+  1.7 times as fast as float32 on a two-core AMX Xeon, and the full default run on seeds 0, 1
   and 2 ended at or below float32's test negative ELBO (docs/speed.md). JAX's and PyTorch's CPU
   kernels in bf16 were not measured, so they keep float32.
 - Anything else: float32.
