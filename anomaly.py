@@ -17,9 +17,13 @@ from keras import ops
 from scipy import ndimage
 
 from cvae import binarized, kl_to_standard_normal, pixel_nats, reparameterize
+from feature_memory import FEATURE_MAPS, feature_distance_maps, fit_feature_memory
 from patches import average_patch_maps, cut_into_patches, patch_positions, patch_size_of
+from plumbing.errors import RunError
+from plumbing.run_folder import FEATURE_MEMORY_FILE
 
 ANOMALY_DRAWS = 16  # K, the noise vectors of the deterministic score
+DISTANCE_BUDGET = 2 ** 27  # float32 distances (512 MiB) a scorer's batch may hold at once
 # The thresholds are chosen on the held-out normal images alone, never on the test labels: the
 # image threshold by conformal_threshold, to flag FLAGGED_GOOD_RATE of good images, and the
 # per-pixel one that PIXEL_PERCENTILE of their pixels stay under (one pixel in a thousand).
@@ -30,7 +34,7 @@ MAX_FPR = 0.3  # the AUPRO's bound, as MVTec AD defines it
 
 # ---- the scorer ---------------------------------------------------------------------------------
 def build_anomaly_scorer(model, draws=ANOMALY_DRAWS, seed=0, binarize=None, scoring=None,
-                         image_shape=None):
+                         image_shape=None, feature_memory=None):
     """images (and labels, for a conditional model) -> [anomaly_score (N,), pixel_loss (N, height,
     width)], deterministic, from a CVAE's encoder and decoder, under its likelihood.
 
@@ -50,32 +54,61 @@ def build_anomaly_scorer(model, draws=ANOMALY_DRAWS, seed=0, binarize=None, scor
     image_shape: the images' shape, when larger than the model's input (a model of patches,
     train.py's patch_size): each image is then scored patch by patch (patches.py), its maps are
     the patches' averaged where they overlap, and its negative ELBO is its patches' mean.
+
+    feature_memory: the run's kept memory of encoder features (feature_memory.py), needed when
+    the scoring's map is one of FEATURE_MAPS.
     """
-    inputs, score, maps, patch_count = _scorer_graph(model, draws, seed, binarize, image_shape)
+    needed = None
+    if scoring is not None and scoring["pixel_map"] in FEATURE_MAPS:
+        if feature_memory is None:
+            raise RunError(f"The run's anomaly scoring ({scoring['pixel_map']}) needs the memory "
+                           f"of encoder features that evaluating it keeps in {FEATURE_MEMORY_FILE}"
+                           f", and the run folder has none: evaluate the run again (python "
+                           f"evaluate.py RUN_DIR) to fit and keep it.")
+        needed = {scoring["pixel_map"]: feature_memory[scoring["pixel_map"]]}
+    inputs, score, maps, patch_count = _scorer_graph(model, draws, seed, binarize, image_shape,
+                                                     needed)
     pixel_map = maps["loss"]
     if scoring is not None:
         pixel_map = smoothed_in_graph(maps[scoring["pixel_map"]], scoring["smoothing_sigma"])
         if scoring["image_score"] == "peak":
             score = ops.max(pixel_map, axis=(1, 2))
     scorer = keras.Model(inputs, [score, pixel_map], name="anomaly_scorer")
-    scorer.patches_per_image = patch_count  # anomaly_scores sizes its batches by it
+    scorer.images_per_batch = images_per_batch(model, patch_count, needed)
     return scorer
 
 
-def build_candidate_scorer(model, draws=ANOMALY_DRAWS, seed=0, image_shape=None):
+def build_candidate_scorer(model, draws=ANOMALY_DRAWS, seed=0, image_shape=None,
+                           feature_memory=None):
     """images (and labels) -> [negative ELBO (N,), one map per PIXEL_MAPS entry, unsmoothed]:
-    everything choose_scoring compares, in one pass (image_shape as in build_anomaly_scorer)."""
-    inputs, score, maps, patch_count = _scorer_graph(model, draws, seed, None, image_shape)
-    scorer = keras.Model(inputs, [score, *(maps[name] for name in PIXEL_MAPS)],
+    everything choose_scoring compares, in one pass (image_shape as in build_anomaly_scorer).
+    Without a feature_memory, the FEATURE_MAPS are left out; scorer.map_names names the maps."""
+    inputs, score, maps, patch_count = _scorer_graph(model, draws, seed, None, image_shape,
+                                                     feature_memory)
+    names = [name for name in PIXEL_MAPS if name in maps]
+    scorer = keras.Model(inputs, [score, *(maps[name] for name in names)],
                          name="candidate_scorer")
-    scorer.patches_per_image = patch_count
+    scorer.images_per_batch = images_per_batch(model, patch_count, feature_memory)
+    scorer.map_names = names
     return scorer
 
 
-def _scorer_graph(model, draws, seed, binarize, image_shape=None):
+def images_per_batch(model, patch_count, feature_memory=None, most=32):
+    """How many images anomaly_scores gives a scorer at once: `most`, fewer when each is cut
+    into patches (K decodes of every patch), and fewer still when the distances of every
+    location to every remembered feature vector would pass DISTANCE_BUDGET numbers."""
+    images = max(1, most // patch_count)
+    if feature_memory:
+        height, width = model.encoder.inputs[0].shape[1:3]  # at most, for a strided layer
+        distances = patch_count * height * width * sum(len(m) for m in feature_memory.values())
+        images = max(1, min(images, DISTANCE_BUDGET // distances))
+    return images
+
+
+def _scorer_graph(model, draws, seed, binarize, image_shape=None, feature_memory=None):
     """(inputs, the negative ELBO with fixed draws, {name: (N, height, width) map}) as keras
     tensors, and the patches an image is cut into (1 for a whole-image model): the common part
-    of the scorers above."""
+    of the scorers above. The maps of feature_memory ({map name: memory}) join the CVAE's."""
     encoder, decoder = model.encoder, model.decoder
     model_shape = tuple(encoder.inputs[0].shape[1:])  # an image's, or a patch's
     image_shape = model_shape if image_shape is None else tuple(image_shape)
@@ -114,6 +147,8 @@ def _scorer_graph(model, draws, seed, binarize, image_shape=None):
     own = pixel_nats(decoded, decoded, model.likelihood, log_scale)
     maps = {"loss": expected_over_draws(nats), "excess_loss": expected_over_draws(nats - own),
             "dissimilarity": structural_dissimilarity(image, ops.mean(decoded, axis=1))}
+    if feature_memory:
+        maps.update(feature_distance_maps(image, encoder, feature_memory))
     score = ops.sum(maps["loss"], axis=(1, 2)) + kl_to_standard_normal(z_mean, z_log_var)
     if patch_count > 1:  # back to images: maps averaged where patches overlap, scores' mean
         maps = {name: average_patch_maps(value, image_shape) for name, value in maps.items()}
@@ -172,13 +207,13 @@ def smoothed_in_graph(maps, sigma, truncate=4.0):
     return x[..., 0]
 
 
-def anomaly_scores(scorer, x, labels=None, batch_size=32):
+def anomaly_scores(scorer, x, labels=None):
     """(anomaly_score (N,), pixel_loss (N, height, width)) of build_anomaly_scorer's scorer (and
-    every further map of build_candidate_scorer's); batches of 32 images, so that K decodes of
-    each fit in memory (fewer images when the scorer cuts each into patches: K decodes of each
-    patch). A short last batch is padded with copies of its first image (each image
-    is scored on its own), so that every call has one shape and TensorFlow traces once."""
-    batch_size = max(1, batch_size // getattr(scorer, "patches_per_image", 1))
+    every further map of build_candidate_scorer's), in batches of the scorer's images_per_batch,
+    so that K decodes of each image fit in memory. A short last batch is padded with copies of
+    its first image (each image is scored on its own), so that every call has one shape and
+    TensorFlow traces once."""
+    batch_size = scorer.images_per_batch
     outputs = []
     for start in range(0, len(x), batch_size):
         batch = x[start:start + batch_size]
@@ -320,7 +355,10 @@ PIXEL_MAPS = {"loss": "the expected per-pixel loss, -E_q[log p(x_i|z)]",
               "excess_loss": "the expected per-pixel loss less the loss the decoder expects at "
                              "its own mean (for the Bernoulli: its entropy)",
               "dissimilarity": "1 - SSIM between the image and its expected reconstruction "
-                               "(Bergmann et al. 2019)"}
+                               "(Bergmann et al. 2019)",
+              "feature_distance_1": "the distance of the encoder's first convolution's features "
+                                    "to the nearest kept from normal images (feature_memory.py)",
+              "feature_distance_2": "the same of its second convolution's features"}
 IMAGE_SCORES = {"total": "sum (for the CVAE with its KL term: the negative ELBO)",
                 "peak": "largest smoothed value"}
 
@@ -392,32 +430,39 @@ def evaluate_inspection_set(model, data, run_dir):
     baselines, compute every metric, keep the threshold (anomaly_threshold.json) and draw
     anomaly_roc.png, anomaly_histograms.png, anomaly_overlays.png and anomaly_validation.png;
     returns metrics["anomaly"]."""
-    from plumbing.atomic_files import write_json
+    from plumbing.atomic_files import write_atomically, write_json
     from plumbing.run_folder import ANOMALY_THRESHOLD_FILE
 
-    anomaly, maps = inspection_metrics(model, data)
+    feature_memory = fit_feature_memory(model, data.x_train,
+                                        patch_size_of(model, data.image_shape))
+    anomaly, maps = inspection_metrics(model, data, feature_memory)
     _draw_inspection_figures(data, maps, anomaly, run_dir)
+    # The memory first: a kept threshold whose scoring needs it is never without it.
+    write_atomically(os.path.join(run_dir, FEATURE_MEMORY_FILE),
+                     lambda temporary: np.savez(temporary, **feature_memory))
     write_json(os.path.join(run_dir, ANOMALY_THRESHOLD_FILE), anomaly["threshold"])
     return anomaly
 
 
-def inspection_metrics(model, data):
+def inspection_metrics(model, data, feature_memory=None):
     """(metrics["anomaly"], the maps the figures draw) of an inspection set. For the CVAE and
     each baseline (anomaly_baselines.py) alike: the scoring chosen on the held-out normal images
     and their synthetic defects, then image- and pixel-level metrics on the test split, overall
     and per defect kind, and what the threshold flags. The CVAE's are at the top level, the
     baselines' under "baselines", the choice under "validation". data: whole images, also for a
-    model of patches (which the scorer then scores patch by patch)."""
+    model of patches (which the scorer then scores patch by patch). feature_memory: that of
+    fit_feature_memory, whose maps then join the CVAE's candidates."""
     from anomaly_baselines import fit_baselines
     from synthetic_defects import KINDS, draw_synthetic_defects
 
     synthetic, synthetic_masks, synthetic_kinds = draw_synthetic_defects(data.x_val)
-    scorer = build_candidate_scorer(model, image_shape=data.image_shape)
+    scorer = build_candidate_scorer(model, image_shape=data.image_shape,
+                                    feature_memory=feature_memory)
     patch_size = patch_size_of(model, data.image_shape)  # its baselines are fitted on patches too
 
     def cvae(x):
         score, *maps = anomaly_scores(scorer, x)
-        return score, dict(zip(PIXEL_MAPS, maps))
+        return score, dict(zip(scorer.map_names, maps))
 
     detectors = {"cvae": cvae}
     for name, baseline in fit_baselines(data.x_train, patch_size).items():
@@ -507,7 +552,10 @@ def _draw_inspection_figures(data, maps, anomaly, run_dir):
     threshold = anomaly["threshold"]
     scoring = anomaly["scoring"]
     map_name = {"loss": "per-pixel loss (nats)", "excess_loss": "per-pixel excess loss (nats)",
-                "dissimilarity": "per-pixel 1 - SSIM"}[scoring["pixel_map"]]
+                "dissimilarity": "per-pixel 1 - SSIM",
+                "feature_distance_1": "distance of first-layer encoder features",
+                "feature_distance_2": "distance of second-layer encoder features",
+                }[scoring["pixel_map"]]
     score_name = ("the negative ELBO (nats)" if scoring["image_score"] == "total" else
                   f"the {IMAGE_SCORES['peak']} of the {map_name}")
     plotting.plot_anomaly_histograms(

@@ -107,7 +107,8 @@ class Explorer:
         # `anomalous` means what it means in score.py: for an inspection run, the deterministic
         # anomaly score above the threshold kept with it.
         self.rule = anomaly_rule(run_dir, self.test_scores, settings["percentile"])
-        self.scorer = anomaly.build_anomaly_scorer(model, scoring=self.rule["scoring"])
+        self.scorer = anomaly.build_anomaly_scorer(model, scoring=self.rule["scoring"],
+                                                   feature_memory=self.rule["feature_memory"])
         self.data, self.data_error, self.data_ready = None, None, threading.Event()
         self.z_mean, self.z_log_var, self.labels = cached_latents(self)
         self.dims = measures.most_informative_dims(

@@ -43,7 +43,12 @@ def main(argv):
     from anomaly import build_anomaly_scorer
     from data import load_dataset_of_run
     from plumbing.atomic_files import write_atomically
-    from plumbing.run_folder import SCORER_FILE, kept_threshold, scored_image_shape
+    from plumbing.run_folder import (
+        SCORER_FILE,
+        kept_feature_memory,
+        kept_threshold,
+        scored_image_shape,
+    )
     from saved_run import load_run
 
     config, model = load_run(run_dir)
@@ -54,7 +59,8 @@ def main(argv):
     # A model of patches (patch_size) gets whole images, which the file cuts into patches.
     scorer = build_anomaly_scorer(model, binarize=config.get("binarize"),
                                   scoring=kept.get("scoring"),
-                                  image_shape=scored_image_shape(config))
+                                  image_shape=scored_image_shape(config),
+                                  feature_memory=kept_feature_memory(run_dir))
     data = load_dataset_of_run(config, run_dir)
     data = data if data.whole is None else data.whole
     count = max(1, min(settings["check_images"], len(data.x_test)))

@@ -121,7 +121,8 @@ def score_rows(model, x, names, label, test_scores, rule, image_shape, settings)
     labels = None if label is None else np.full(len(x), label, "int32")
     scores, z_mean, z_log_var = new_image_measures(model, x, labels, settings["seed"])
     anomaly, maps = anomaly_detection.anomaly_scores(anomaly_detection.build_anomaly_scorer(
-        model, scoring=rule["scoring"], image_shape=image_shape), x, labels)
+        model, scoring=rule["scoring"], image_shape=image_shape,
+        feature_memory=rule["feature_memory"]), x, labels)
     compared = anomaly if rule["column"] == "anomaly_score" else scores
     scored_shape = tuple(model.encoder.inputs[0].shape[1:])  # an image's, or a patch's
     rows = [{"path": name, "negative_elbo_nats": f"{score:.4f}",

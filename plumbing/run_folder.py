@@ -37,13 +37,14 @@ SCORES_FILE = "test_scores.npy"
 EXPLORER_CACHE_FILE = "explorer_cache.npz"  # explore.py's test-split latents, its only write
 ANOMALY_THRESHOLD_FILE = "anomaly_threshold.json"  # an inspection run's threshold (evaluate.py)
 SCORER_FILE = "scorer.onnx"  # export.py's anomaly scorer
+FEATURE_MEMORY_FILE = "feature_memory.npz"  # an inspection run's kept encoder features
 FIGURE_FILES = ("latent_space.png", "manifold.png", "samples.png", "interpolation.png",
                 "learning_curves.png", "anomalies.png", "score_histogram.png", "roc.png",
                 "anomaly_roc.png", "anomaly_histograms.png", "anomaly_overlays.png")
 # Everything a run writes, so that --overwrite=True can clear an old run and nothing else.
 RUN_FILES = (CONFIG_FILE, WEIGHTS_FILE, ENCODER_FILE, DECODER_FILE, HISTORY_FILE, METRICS_FILE,
              RECONSTRUCTIONS_FILE, GIF_FILE, SCORES_FILE, EXPLORER_CACHE_FILE,
-             ANOMALY_THRESHOLD_FILE, SCORER_FILE, "scores.csv",
+             ANOMALY_THRESHOLD_FILE, FEATURE_MEMORY_FILE, SCORER_FILE, "scores.csv",
              "conditional_accuracy.json") + FIGURE_FILES
 GENERATED_FOLDER = "generated"  # what sample.py writes by default
 TENSORBOARD_FOLDER = "tensorboard"  # with tensorboard=True
@@ -144,6 +145,16 @@ def kept_threshold(run_dir):
     return read_json(path) if os.path.isfile(path) else None
 
 
+def kept_feature_memory(run_dir):
+    """{map name: (M, C) array}, the memory of encoder features an inspection run kept beside
+    its threshold (anomaly.evaluate_inspection_set, feature_memory.py), or None."""
+    path = os.path.join(run_dir, FEATURE_MEMORY_FILE)
+    if not os.path.isfile(path):
+        return None
+    with np.load(path, allow_pickle=False) as kept:
+        return {name: kept[name] for name in kept.files}
+
+
 def anomaly_rule(run_dir, test_scores, percentile, threshold=None):
     """What `anomalous` means for a run's images, in score.py and the explorer alike: the
     deterministic anomaly_score above `threshold` when one is given, or above the threshold kept
@@ -151,11 +162,13 @@ def anomaly_rule(run_dir, test_scores, percentile, threshold=None):
     percentile-th of the run's test scores. A dict: column, threshold, why, and the kept pixel
     threshold and smoothing (None without a kept threshold), and the kept scoring that the
     scorer is built with (anomaly.build_anomaly_scorer; None for the plain negative ELBO: no
-    kept threshold, or one kept before the scoring was chosen on synthetic defects)."""
+    kept threshold, or one kept before the scoring was chosen on synthetic defects) with the
+    kept memory of encoder features that some scorings need (None without one)."""
     kept = kept_threshold(run_dir)
     rule = {"pixel_threshold": None if kept is None else kept["pixel_threshold"],
             "smoothing_sigma": None if kept is None else kept["smoothing_sigma"],
-            "scoring": None if kept is None else kept.get("scoring")}
+            "scoring": None if kept is None else kept.get("scoring"),
+            "feature_memory": None if kept is None else kept_feature_memory(run_dir)}
     # A kept peak score is a smoothed map's largest value, not a negative ELBO in nats.
     peak = rule["scoring"] is not None and rule["scoring"]["image_score"] == "peak"
     rule["unit"] = "" if peak else " nats"

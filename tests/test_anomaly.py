@@ -17,6 +17,7 @@ from benchmarks.inspection_set import DEFECTS, write_inspection_set
 from conftest import ROOT, coloured_squares, fake_mnist_arrays, require_module, run_script
 from data import load_dataset
 from plumbing.errors import DataError
+from plumbing.run_folder import kept_feature_memory
 
 
 # ---- the metrics, against brute force -----------------------------------------------------------
@@ -191,7 +192,8 @@ def test_an_inspection_run_reports_image_and_pixel_metrics_and_keeps_its_thresho
     # The scorer as kept (its map, smoothing and image score chosen on synthetic defects).
     assert kept["scoring"]["pixel_map"] in anomaly_detection.PIXEL_MAPS
     assert kept["scoring"]["image_score"] in anomaly_detection.IMAGE_SCORES
-    scorer = build_anomaly_scorer(model, scoring=kept["scoring"])
+    scorer = build_anomaly_scorer(model, scoring=kept["scoring"],
+                                  feature_memory=kept_feature_memory(str(run_dir)))
     val_scores, _ = anomaly_detection.anomaly_scores(scorer, data.x_val)
     test_scores, _ = anomaly_detection.anomaly_scores(scorer, data.x_test)
     # The threshold: the score ranked k-th from the top of the n held-out ones, k/(n+1) = 1%.
@@ -305,8 +307,9 @@ def export_and_compare(run_dir, x):
     _, model = load_run(str(run_dir))
     kept_path = run_dir / "anomaly_threshold.json"
     scoring = json.loads(kept_path.read_text()).get("scoring") if kept_path.exists() else None
-    scores, maps = build_anomaly_scorer(model, scoring=scoring,
-                                        image_shape=x.shape[1:]).predict_on_batch(x)
+    scores, maps = build_anomaly_scorer(
+        model, scoring=scoring, image_shape=x.shape[1:],
+        feature_memory=kept_feature_memory(str(run_dir))).predict_on_batch(x)
     session = onnxruntime.InferenceSession(str(run_dir / "scorer.onnx"))
     onnx_scores, onnx_maps = session.run(["anomaly_score", "pixel_loss"], {"image": x})
     # onnxruntime's float32 convolutions round differently from oneDNN's (see export.py): the
@@ -390,8 +393,9 @@ def test_a_model_of_patches_scores_whole_images_in_every_command(tmp_path):
     _, model = load_run(str(run_dir))
     kept = json.loads((run_dir / "anomaly_threshold.json").read_text())
     x = np.stack([np.asarray(Image.open(path), np.float32)[..., None] / 255 for path in images])
-    expected, _ = build_anomaly_scorer(model, scoring=kept["scoring"],
-                                       image_shape=(28, 28, 1)).predict_on_batch(x)
+    expected, _ = build_anomaly_scorer(
+        model, scoring=kept["scoring"], image_shape=(28, 28, 1),
+        feature_memory=kept_feature_memory(str(run_dir))).predict_on_batch(x)
     assert [float(row["anomaly_score"]) for row in rows] == pytest.approx(expected, abs=1e-3)
     masks = sorted(os.listdir(tmp_path / "masks"))
     assert len(masks) == 2 and all(
