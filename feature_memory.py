@@ -25,7 +25,7 @@ from keras import ops
 FEATURE_MAPS = {"feature_distance_1": 0, "feature_distance_2": 1}
 # Vectors kept per layer. More is better and slower (the distances per image grow with it):
 # on the grass crops, 1,024 / 4,096 / 16,384 reached a validation pixel AUROC of 0.89 / 0.92 /
-# 0.95 (benchmarks/anomaly_detection.py --memory_sizes).
+# 0.95 (docs/anomaly-detection.md, "Local features and a memory").
 MEMORY_SIZE = 16384
 POOL_SIZE = 50_000  # random training vectors the memory is chosen among (greedy is O(pool * M))
 POOL_IMAGES = 2_000  # training images whose features make the pool, at most
