@@ -245,8 +245,14 @@ def plot_anomaly_histograms(good, defects, threshold, path, score_name):
     fig, axes = plt.subplots(len(kinds), 1, figsize=(7, 1.9 * len(kinds)), sharex=True,
                              squeeze=False)
     everything = np.concatenate([good, *defects.values()])
-    bins = np.linspace(everything.min(), np.percentile(everything, 99.5), 50)
+    low, high = everything.min(), np.percentile(everything, 99.5)
+    # Scores spanning over a factor of 5 (a defect's peak far above every good image's) get a
+    # logarithmic axis: on a linear one the good images would fill a single bar.
+    logarithmic = low > 0 and high / low > 5
+    bins = np.geomspace(low, high, 50) if logarithmic else np.linspace(low, high, 50)
     for ax, kind in zip(axes[:, 0], kinds):
+        if logarithmic:
+            ax.set_xscale("log")
         ax.hist(good, bins=bins, density=True, alpha=0.55, label="good", color="tab:blue")
         ax.hist(defects[kind], bins=bins, density=True, alpha=0.55, label=kind, color="tab:red")
         ax.axvline(threshold, color="k", ls="--", lw=1, label="threshold")
