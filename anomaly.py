@@ -351,14 +351,19 @@ def detection_metrics(scores, maps, is_defect, masks, has_mask):
 
 # ---- choosing the score on synthetic defects, and the threshold ----------------------------------
 SIGMA_FACTORS = (0.5, 1.0, 2.0)  # the smoothings tried, times smoothing_sigma(image_shape)
-PIXEL_MAPS = {"loss": "the expected per-pixel loss, -E_q[log p(x_i|z)]",
-              "excess_loss": "the expected per-pixel loss less the loss the decoder expects at "
-                             "its own mean (for the Bernoulli: its entropy)",
-              "dissimilarity": "1 - SSIM between the image and its expected reconstruction "
-                               "(Bergmann et al. 2019)",
-              "feature_distance_1": "the distance of the encoder's first convolution's features "
-                                    "to the nearest kept from normal images (feature_memory.py)",
-              "feature_distance_2": "the same of its second convolution's features"}
+# Each candidate map: (its label on a figure's axis, what it is, for the log and the threshold).
+PIXEL_MAPS = {
+    "loss": ("per-pixel loss (nats)", "the expected per-pixel loss, -E_q[log p(x_i|z)]"),
+    "excess_loss": ("per-pixel excess loss (nats)",
+                    "the expected per-pixel loss less the loss the decoder expects at its own "
+                    "mean (for the Bernoulli: its entropy)"),
+    "dissimilarity": ("per-pixel 1 - SSIM", "1 - SSIM between the image and its expected "
+                                             "reconstruction (Bergmann et al. 2019)"),
+    "feature_distance_1": ("distance of first-layer encoder features",
+                           "the distance of the encoder's first convolution's features to the "
+                           "nearest kept from normal images (feature_memory.py)"),
+    "feature_distance_2": ("distance of second-layer encoder features",
+                           "the same of its second convolution's features")}
 IMAGE_SCORES = {"total": "sum (for the CVAE with its KL term: the negative ELBO)",
                 "peak": "largest smoothed value"}
 
@@ -488,11 +493,12 @@ def inspection_metrics(model, data, feature_memory=None):
                "AUROC, then the image score with the best image AUROC"}
     draws = {"draws": ANOMALY_DRAWS, "seed": 0}
     anomaly["threshold"].update(draws)
+    scoring = anomaly["scoring"]
     anomaly["threshold"]["score"] = (
-        f"anomaly_score: the {IMAGE_SCORES[anomaly['scoring']['image_score']]} of pixel_loss; "
-        f"pixel_loss: {PIXEL_MAPS[anomaly['scoring']['pixel_map']]}, {ANOMALY_DRAWS} fixed draws "
-        f"of z (anomaly.build_anomaly_scorer), smoothed at sigma="
-        f"{anomaly['scoring']['smoothing_sigma']:.3g} pixels")
+        f"anomaly_score: the {IMAGE_SCORES[scoring['image_score']]} of pixel_loss; pixel_loss: "
+        f"{PIXEL_MAPS[scoring['pixel_map']][1]}, {ANOMALY_DRAWS} fixed draws of z "
+        f"(anomaly.build_anomaly_scorer), smoothed at sigma="
+        f"{scoring['smoothing_sigma']:.3g} pixels")
     return anomaly, figure_maps
 
 
@@ -551,11 +557,7 @@ def _draw_inspection_figures(data, maps, anomaly, run_dir):
     plotting.plot_anomaly_rocs(curves, os.path.join(run_dir, "anomaly_roc.png"))
     threshold = anomaly["threshold"]
     scoring = anomaly["scoring"]
-    map_name = {"loss": "per-pixel loss (nats)", "excess_loss": "per-pixel excess loss (nats)",
-                "dissimilarity": "per-pixel 1 - SSIM",
-                "feature_distance_1": "distance of first-layer encoder features",
-                "feature_distance_2": "distance of second-layer encoder features",
-                }[scoring["pixel_map"]]
+    map_name = PIXEL_MAPS[scoring["pixel_map"]][0]
     score_name = ("the negative ELBO (nats)" if scoring["image_score"] == "total" else
                   f"the {IMAGE_SCORES['peak']} of the {map_name}")
     plotting.plot_anomaly_histograms(

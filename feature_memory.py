@@ -76,11 +76,10 @@ def fit_feature_memory(model, x_train, patch_size=None, size=MEMORY_SIZE, seed=0
         x = patches_of_each_image(x, patch_size)
     if len(x) > POOL_IMAGES:
         x = x[np.sort(rng.choice(len(x), POOL_IMAGES, replace=False))]
-    extractor = feature_extractor(model.encoder)
-    batches = [extractor.predict_on_batch(x[start:start + 64]) for start in range(0, len(x), 64)]
+    features = feature_extractor(model.encoder).predict(x, batch_size=64, verbose=0)
     memory = {}
     for name, index in FEATURE_MAPS.items():
-        vectors = np.concatenate([np.asarray(batch[index], dtype=np.float32) for batch in batches])
+        vectors = np.asarray(features[index], dtype=np.float32)
         vectors = vectors.reshape(-1, vectors.shape[-1])  # (images * height * width, channels)
         if len(vectors) > POOL_SIZE:
             vectors = vectors[rng.choice(len(vectors), POOL_SIZE, replace=False)]

@@ -268,13 +268,20 @@ def plot_anomaly_overlays(rows, pixel_threshold, path,
                           title="Most and least anomalous test images of each kind"):
     """One row per (row name, images, pixel maps, ground-truth masks or None, scores): each image
     in grey with its pixel map as a heat map over it, the region above pixel_threshold outlined
-    in cyan and the true defect in green, and its score above it."""
+    in cyan and the true defect in green, and its score above it.
+
+    The heat map's colours run from 0 to twice pixel_threshold in every row, so that the
+    threshold is the scale's middle colour whatever the map: a scale set by the largest value
+    shown would leave a good image black beside one defect's peak, and would change from figure
+    to figure."""
     columns = max(len(row[1]) for row in rows)
     h, w = np.shape(rows[0][1][0])[:2]
     size = 1.6
     fig, axes = plt.subplots(len(rows), columns, figsize=(columns * size, len(rows) * size * 1.1),
                              squeeze=False)
-    peak = max(float(np.max(row[2])) for row in rows) or 1.0
+    colour_top = 2 * pixel_threshold
+    if not colour_top > 0:  # held-out maps all 0 or below: the largest value shown instead
+        colour_top = max(float(np.max(row[2])) for row in rows) or 1.0
     for axes_row, (name, images, maps, masks, scores) in zip(axes, rows):
         for c, ax in enumerate(axes_row):
             ax.set_xticks([])
@@ -285,7 +292,7 @@ def plot_anomaly_overlays(rows, pixel_threshold, path,
             image = np.asarray(images[c])
             ax.imshow(image[..., 0] if image.shape[-1] == 1 else np.clip(image, 0, 1),
                       cmap="gray", vmin=0, vmax=1)
-            ax.imshow(maps[c], cmap="inferno", alpha=0.45, vmin=0, vmax=peak)
+            ax.imshow(maps[c], cmap="inferno", alpha=0.45, vmin=0, vmax=colour_top)
             if np.any(maps[c] > pixel_threshold):
                 ax.contour(maps[c] > pixel_threshold, levels=[0.5], colors="cyan",
                            linewidths=1)
@@ -294,7 +301,8 @@ def plot_anomaly_overlays(rows, pixel_threshold, path,
                            linestyles="dashed")
             ax.set_title(f"{scores[c]:.4g}", fontsize=8, pad=2)
         axes_row[0].set_ylabel(name, fontsize=8)
-    fig.suptitle(f"{title} (cyan: predicted region, green: true defect)", fontsize=9)
+    fig.suptitle(f"{title}\n(cyan: above the pixel threshold, green: true defect; colour from 0 "
+                 f"to twice the threshold)", fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
 

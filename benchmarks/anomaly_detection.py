@@ -2,12 +2,19 @@
 
     python benchmarks/anomaly_detection.py --data_path=../shared/data/mnist.npz --epochs=10,30
     python benchmarks/anomaly_detection.py --runs runs/brick runs/grass     # runs already made
+    python benchmarks/anomaly_detection.py --runs RUN --memory_seeds=0,1,2 --memory_sizes=4096,16384
 
 The first builds an inspection set from MNIST (inspection_set.py: 1,800 training digits, a tenth
 of them held out, 200 good test digits and 100 of each defect kind) and trains train.py on it
 for each number of epochs. Either way, for each run it prints, from its metrics.json, the CVAE's
 image AUROC, pixel AUROC and AUPRO and those of each baseline (anomaly_baselines.py), overall
 and per defect kind, and the share of each kind flagged at each detector's threshold.
+
+With --memory_seeds or --memory_sizes it instead fits each run's memory of encoder features
+(feature_memory.py) again, once per seed and size, and scores the run's images with it the way
+the evaluation does (the scoring chosen anew on the synthetic defects): how much the results
+depend on which normal feature vectors the memory happened to draw, and on how many it keeps.
+The run folders are only read.
 """
 
 import argparse
@@ -15,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -32,7 +40,16 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", nargs="*", default=None,
                         help="report these finished inspection runs instead of training")
+    parser.add_argument("--memory_seeds", help="with --runs: refit the feature memory with "
+                        "these seeds, e.g. 0,1,2")
+    parser.add_argument("--memory_sizes", help="with --runs: refit it at these sizes")
     args = parser.parse_args()
+    if args.runs and (args.memory_seeds or args.memory_sizes):
+        seeds = [int(seed) for seed in (args.memory_seeds or "0").split(",")]
+        sizes = [int(size) for size in (args.memory_sizes or "0").split(",")]
+        for run_dir in args.runs:
+            compare_memories(run_dir, seeds, sizes)
+        return
     if args.runs:
         for run_dir in args.runs:
             print_run(run_dir, run_dir)
@@ -68,6 +85,39 @@ def print_run(run_dir, name):
                   f"{values.get('pixel_auroc', float('nan')):.3f} | "
                   f"{values.get('pixel_aupro', float('nan')):.3f} | "
                   f"{100 * values['flagged']:.1f}% |")
+
+
+def compare_memories(run_dir, seeds, sizes):
+    """One markdown table of the run: the CVAE's chosen map and metrics with its feature memory
+    fitted at each seed and size (size 0: feature_memory.MEMORY_SIZE)."""
+    sys.path.insert(0, os.path.dirname(HERE))
+    import anomaly
+    import feature_memory
+    from data import load_dataset_of_run
+    from patches import patch_size_of
+    from saved_run import load_run
+
+    config, model = load_run(run_dir)
+    data = load_dataset_of_run(config, run_dir)
+    patch_size = patch_size_of(model, data.image_shape)
+    print(f"\n{run_dir}: the CVAE with its feature memory fitted again")
+    print("| memory size | seed | chosen map | validation pixel / image | image AUROC | "
+          "pixel AUROC | AUPRO | good / defective flagged | seconds |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for size in sizes:
+        size = size or feature_memory.MEMORY_SIZE
+        for seed in seeds:
+            start = time.perf_counter()
+            memory = feature_memory.fit_feature_memory(model, data.x_train, patch_size, size, seed)
+            result, _ = anomaly.inspection_metrics(model, data, memory)
+            scoring, chosen = result["scoring"], result["validation"]["chosen"]["cvae"]
+            print(f"| {size} | {seed} | {scoring['pixel_map']}, {scoring['image_score']} | "
+                  f"{chosen['pixel_auroc']:.3f} / {chosen['image_auroc']:.3f} | "
+                  f"{result['image_auroc']:.3f} | {result['pixel_auroc']:.3f} | "
+                  f"{result['pixel_aupro']:.3f} | {100 * result['flagged_good']:.1f}% / "
+                  f"{100 * result['flagged_defective']:.1f}% | "
+                  f"{time.perf_counter() - start:.0f} |", flush=True)
+
 
 if __name__ == "__main__":
     main()
