@@ -39,10 +39,15 @@ def feature_layers(encoder):
 
 
 def feature_extractor(encoder):
-    """image -> [the output of each feature layer]: a view of the encoder, sharing its weights.
-    The convolutions see the image alone (a conditional encoder adds its label after them)."""
-    return keras.Model(encoder.inputs[0], [encoder.get_layer(name).output
-                                           for name in feature_layers(encoder)],
+    """image -> {map name: the output of its layer}, for the FEATURE_MAPS whose layer the encoder
+    has (a strided encoder of small patches may have one convolution only): a view of the
+    encoder, sharing its weights. The convolutions see the image alone (a conditional encoder
+    adds its label after them). Named outputs, because Keras hands a one-element list back as
+    the bare element."""
+    layers = feature_layers(encoder)
+    return keras.Model(encoder.inputs[0], {name: encoder.get_layer(layers[index]).output
+                                           for name, index in FEATURE_MAPS.items()
+                                           if index < len(layers)},
                        name="encoder_features")
 
 
@@ -65,9 +70,10 @@ def greedy_coreset(vectors, size, rng):
 
 
 def fit_feature_memory(model, x_train, patch_size=None, size=MEMORY_SIZE, seed=0):
-    """{map name: (M, C) float32 memory} of FEATURE_MAPS from the normal training images (of
-    their patches, for a model of patches): a random pool of POOL_SIZE locations' feature
-    vectors, from at most POOL_IMAGES images, reduced to M = size by greedy_coreset."""
+    """{map name: (M, C) float32 memory} of the FEATURE_MAPS the encoder has (feature_extractor)
+    from the normal training images (of their patches, for a model of patches): a random pool
+    of POOL_SIZE locations' feature vectors, from at most POOL_IMAGES images, reduced to
+    M = size by greedy_coreset."""
     from patches import patches_of_each_image
 
     rng = np.random.default_rng(seed)
@@ -78,8 +84,8 @@ def fit_feature_memory(model, x_train, patch_size=None, size=MEMORY_SIZE, seed=0
         x = x[np.sort(rng.choice(len(x), POOL_IMAGES, replace=False))]
     features = feature_extractor(model.encoder).predict(x, batch_size=64, verbose=0)
     memory = {}
-    for name, index in FEATURE_MAPS.items():
-        vectors = np.asarray(features[index], dtype=np.float32)
+    for name in [name for name in FEATURE_MAPS if name in features]:  # a fixed order of draws
+        vectors = np.asarray(features[name], dtype=np.float32)
         vectors = vectors.reshape(-1, vectors.shape[-1])  # (images * height * width, channels)
         if len(vectors) > POOL_SIZE:
             vectors = vectors[rng.choice(len(vectors), POOL_SIZE, replace=False)]
@@ -97,7 +103,7 @@ def feature_distance_maps(image, encoder, memory):
     maps = {}
     for name, bank in memory.items():
         bank = np.asarray(bank, dtype=np.float32)  # (M, C), a constant of the graph
-        local = ops.cast(features[FEATURE_MAPS[name]], "float32")  # (N, h, w, C)
+        local = ops.cast(features[name], "float32")  # (N, h, w, C)
         rows, columns, channels = local.shape[1:]
         flat = ops.reshape(local, (-1, rows * columns, channels))
         # |f - m|^2 = |f|^2 - 2 f.m + |m|^2, its minimum over the memory's vectors m.

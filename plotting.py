@@ -280,8 +280,10 @@ def plot_anomaly_overlays(rows, pixel_threshold, path,
     fig, axes = plt.subplots(len(rows), columns, figsize=(columns * size, len(rows) * size * 1.1),
                              squeeze=False)
     colour_top = 2 * pixel_threshold
-    if not colour_top > 0:  # held-out maps all 0 or below: the largest value shown instead
-        colour_top = max(float(np.max(row[2])) for row in rows) or 1.0
+    scale = "colour from 0 to twice the threshold"
+    if not colour_top > 0:  # a threshold at or below 0 (an excess loss can be): the largest shown
+        colour_top = max(max(float(np.max(row[2])) for row in rows), 0.0) or 1.0
+        scale = "colour from 0 to the largest value shown"
     for axes_row, (name, images, maps, masks, scores) in zip(axes, rows):
         for c, ax in enumerate(axes_row):
             ax.set_xticks([])
@@ -301,8 +303,8 @@ def plot_anomaly_overlays(rows, pixel_threshold, path,
                            linestyles="dashed")
             ax.set_title(f"{scores[c]:.4g}", fontsize=8, pad=2)
         axes_row[0].set_ylabel(name, fontsize=8)
-    fig.suptitle(f"{title}\n(cyan: above the pixel threshold, green: true defect; colour from 0 "
-                 f"to twice the threshold)", fontsize=9)
+    fig.suptitle(f"{title}\n(cyan: above the pixel threshold, green: true defect; {scale})",
+                 fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -44,6 +44,9 @@ def main():
                         "these seeds, e.g. 0,1,2")
     parser.add_argument("--memory_sizes", help="with --runs: refit it at these sizes")
     args = parser.parse_args()
+    if (args.memory_seeds or args.memory_sizes) and not args.runs:
+        parser.error("--memory_seeds and --memory_sizes refit the memory of finished runs: "
+                     "name them with --runs RUN [RUN ...]")
     if args.runs and (args.memory_seeds or args.memory_sizes):
         seeds = [int(seed) for seed in (args.memory_seeds or "0").split(",")]
         sizes = [int(size) for size in (args.memory_sizes or "0").split(",")]
@@ -89,7 +92,8 @@ def print_run(run_dir, name):
 
 def compare_memories(run_dir, seeds, sizes):
     """One markdown table of the run: the CVAE's chosen map and metrics with its feature memory
-    fitted at each seed and size (size 0: feature_memory.MEMORY_SIZE)."""
+    fitted at each seed and size (size 0: feature_memory.MEMORY_SIZE). The seconds are the
+    whole row's: fitting the memory, then scoring with the CVAE and the baselines."""
     sys.path.insert(0, os.path.dirname(HERE))
     import anomaly
     import feature_memory

@@ -36,11 +36,32 @@ def numpy_distance_maps(model, x, memory):
     coarser maps are compared through their own resize below)."""
     features = feature_memory.feature_extractor(model.encoder).predict_on_batch(x)
     maps = {}
-    for name, index in feature_memory.FEATURE_MAPS.items():
-        local = np.asarray(features[index], dtype=np.float64)
+    for name in memory:
+        local = np.asarray(features[name], dtype=np.float64)
         differences = local[..., None, :] - memory[name].astype(np.float64)  # (N, h, w, M, C)
         maps[name] = np.sqrt((differences ** 2).sum(axis=-1).min(axis=-1))  # (N, h, w)
     return maps
+
+
+def test_an_encoder_with_one_convolution_gets_the_one_map_it_has():
+    from keras import ops
+
+    # 8x8 images: the strided encoder halves once, so it has no second convolution. (Keras hands
+    # a one-output model's result back bare; the memory must still be of layers, not images.)
+    model = build_cvae(2, (8, 8, 1), architecture="strided", seed=0)
+    memory = feature_memory.fit_feature_memory(model, images(6, (8, 8, 1)), size=20)
+    assert list(memory) == ["feature_distance_1"]
+    assert memory["feature_distance_1"].shape == (20, model.encoder.layers[1].filters)
+    scorer = anomaly.build_candidate_scorer(model, feature_memory=memory)
+    assert "feature_distance_1" in scorer.map_names
+    assert "feature_distance_2" not in scorer.map_names
+    x = images(2, (8, 8, 1), seed=1)
+    _, *maps = anomaly.anomaly_scores(scorer, x)
+    got = dict(zip(scorer.map_names, maps))["feature_distance_1"]
+    want = numpy_distance_maps(model, x, memory)["feature_distance_1"]  # 4x4, resized below
+    resized = ops.convert_to_numpy(ops.image.resize(want[..., None].astype("float32"), (8, 8),
+                                                    interpolation="bilinear"))[..., 0]
+    np.testing.assert_allclose(got, resized, atol=2e-3, rtol=1e-3)
 
 
 @pytest.mark.backend
