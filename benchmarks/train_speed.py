@@ -22,10 +22,11 @@ compile(optimizer="rmsprop") with a summed binary cross-entropy and fit(x, x) on
 Variants: a precision (float32, mixed_bfloat16, mixed_float16), then +xla to compile the whole step
 (XLA on TensorFlow, torch.compile on PyTorch; JAX always compiles it), +plain for Keras's own
 optimizer update instead of the fused one (TensorFlow only, see plumbing/optimizer.py), +guard for
-train.py's per-batch NaN check. Under a 16-bit precision train.py computes the Dense layers and
-adds every bias in float32 (plumbing/precision.float32_where_16_bits_lose); +bf16dense keeps the
-Dense layers in 16 bits (biases still float32), +bf16bias is Keras's own mixed precision, nothing
-kept in float32.
+train.py's per-batch NaN check. Under a 16-bit precision train.py computes the decoder's layer
+that reads z and adds every bias in float32 (plumbing/precision.float32_where_16_bits_lose);
++f32dense also computes the other Dense layers in float32 (the default of 2026-12-05), +bf16dense
+keeps every Dense layer in 16 bits (biases still float32), +bf16bias is Keras's own mixed
+precision, nothing kept in float32.
 "+keptmem" after a backend runs its process with glibc told to keep
 freed memory (MALLOC_TRIM_THRESHOLD_ and friends): an A/B test of the allocator.
 """
@@ -92,10 +93,14 @@ def make_project_model(variant):
     precision, *extras = variant.split("+")
     keras.mixed_precision.set_dtype_policy(precision)
     model = build_cvae(2, MNIST_IMAGE_SHAPE, seed=0)
-    if "bf16dense" in extras:  # train.py's bf16 before the Dense layers were kept in float32
+    if "bf16dense" in extras:  # every Dense layer in bf16 (the default of 2026-12-04)
         biases_added_in_float32(model)
     elif "bf16bias" not in extras:  # +bf16bias: Keras's own mixed precision
         float32_where_16_bits_lose(model)
+    if "f32dense" in extras:  # every Dense layer in float32 (the default of 2026-12-05)
+        for layer in model.encoder.layers + model.decoder.layers:
+            if isinstance(layer, keras.layers.Dense):
+                layer.dtype_policy = "float32"
     # "auto", as in train.py: Keras compiles the whole step with XLA on a GPU, not on a CPU.
     model.compile(optimizer=make_optimizer("rmsprop", 1e-4, total_steps=10**6, warmup_steps=0,
                                            fused="plain" not in extras),
