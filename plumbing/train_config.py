@@ -64,13 +64,17 @@ RULES = (
 
 def recorded_latent_dim(config):
     """The latent size out_dir's run recorded, so that the same command resumes it (one started
-    before inspection sets got their own size recorded 2); None for a new run, or with
-    overwrite=True."""
+    before inspection sets got their own size recorded 2); None for a new run, with
+    overwrite=True, or where the run there is of another dataset (prepare_out_dir refuses to mix
+    the two, in words: its size must not decide this one's)."""
     path = os.path.join(config["out_dir"], CONFIG_FILE)
     if config["overwrite"] or not os.path.isfile(path):
         return None
     try:
-        return read_json(path).get("latent_dim")
+        recorded = read_json(path)
+        if recorded.get("dataset", config["dataset"]) != config["dataset"]:
+            return None
+        return recorded.get("latent_dim")
     except (OSError, ValueError, AttributeError):  # prepare_out_dir explains an unreadable one
         return None
 

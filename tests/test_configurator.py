@@ -43,7 +43,10 @@ def test_the_latent_size_left_as_none_is_the_articles_or_an_inspection_sets(tmp_
     from plumbing.train_config import ARTICLE_LATENT_DIM, INSPECTION_LATENT_DIM, read_config
 
     def latent_dim(*argv):
-        return read_config(train.HYPERPARAMETERS, train.__annotations__, list(argv))["latent_dim"]
+        # A new out_dir unless one is given: the working folder's outputs/ may hold a run
+        # (the README's first command leaves one there).
+        argv = [f"--out_dir={tmp_path / 'new_run'}", *argv]
+        return read_config(train.HYPERPARAMETERS, train.__annotations__, argv)["latent_dim"]
 
     inspection, plain = tmp_path / "bottle", tmp_path / "photos"
     for folder in (inspection / "train" / "good", inspection / "test" / "good", plain / "cats"):
@@ -61,6 +64,9 @@ def test_the_latent_size_left_as_none_is_the_articles_or_an_inspection_sets(tmp_
     assert latent_dim(f"--dataset={inspection}", f"--out_dir={old_run}") == 2
     assert latent_dim(f"--dataset={inspection}", f"--out_dir={old_run}",
                       "--overwrite=True") == INSPECTION_LATENT_DIM
+    # A run of another dataset there (MNIST's, say) is no run of this one to resume.
+    (old_run / "config.json").write_text('{"latent_dim": 2, "dataset": "mnist"}')
+    assert latent_dim(f"--dataset={inspection}", f"--out_dir={old_run}") == INSPECTION_LATENT_DIM
     (old_run / "config.json").write_text("not json")  # prepare_out_dir refuses it, in words
     assert latent_dim(f"--dataset={inspection}", f"--out_dir={old_run}") == INSPECTION_LATENT_DIM
 
