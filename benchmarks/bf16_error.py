@@ -18,9 +18,10 @@ measures arithmetic, not generalization, and never touches the test split):
 The plans: every group bf16 (Keras's mixed_bfloat16; the heads and the output layer stay float32
 in every plan, see cvae.py), then each group alone in bf16: the encoder's convolutions, the
 decoder's transposed convolutions, the two wide Dense layers, and the decoder's first Dense layer,
-which reads z; last, every group in bf16 with the biases added in float32, as train.py runs
-mixed_bfloat16 (plumbing/precision.biases_added_in_float32). With --per_weight, the gradient
-error of every weight under the plans that put every group in bf16. TensorFlow backend.
+which reads z; last, every group in bf16 with the biases added in float32
+(plumbing/precision.biases_added_in_float32; train.py also keeps the layer that reads z in
+float32). With --per_weight, the gradient error of every weight under the plans that put every
+group in bf16. TensorFlow backend.
 """
 
 import argparse
@@ -40,7 +41,7 @@ GROUPS = {
 PLANS = {"float32": (), "mixed_bfloat16 (every group)": tuple(GROUPS),
          **{f"{group} only": (group,) for group in GROUPS},
          "every group, biases float32": tuple(GROUPS)}
-FLOAT32_BIASES = "every group, biases float32"  # as train.py runs mixed_bfloat16
+FLOAT32_BIASES = "every group, biases float32"  # biases_added_in_float32 alone
 
 
 def layers_of(model, group):

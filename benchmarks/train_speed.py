@@ -25,7 +25,8 @@ optimizer update instead of the fused one (TensorFlow only, see plumbing/optimiz
 train.py's per-batch NaN check. Under a 16-bit precision train.py computes the decoder's layer
 that reads z and adds every bias in float32 (plumbing/precision.float32_where_16_bits_lose);
 +f32dense also computes the other Dense layers in float32 (the default of 2026-12-05), +bf16dense
-keeps the layer that reads z in 16 bits too (the default of 2026-12-04; biases still float32),
+keeps the layer that reads z in 16 bits too (auto's split before 2026-12-05, never the default;
+biases still float32),
 +bf16bias is Keras's own mixed precision, float32 only where cvae.py fixes it (the heads, the
 output layer).
 "+keptmem" after a backend runs its process with glibc told to keep
@@ -94,7 +95,7 @@ def make_project_model(variant):
     precision, *extras = variant.split("+")
     keras.mixed_precision.set_dtype_policy(precision)
     model = build_cvae(2, MNIST_IMAGE_SHAPE, seed=0)
-    if "bf16dense" in extras:  # the layer reading z in bf16 too (the default of 2026-12-04)
+    if "bf16dense" in extras:  # the layer reading z in bf16 too (never the default)
         biases_added_in_float32(model)
     elif "bf16bias" not in extras:  # +bf16bias: Keras's own mixed precision
         float32_where_16_bits_lose(model)

@@ -1,24 +1,19 @@
 """precision="auto": the fastest floating-point policy that this hardware runs natively, and why.
 
 - A GPU with tensor cores (compute capability 7.0 or more): mixed_float16.
-- A CPU with native bfloat16 (AVX512_BF16 or AMX) on TensorFlow: mixed_bfloat16, with the layer
-  that reads z in float32 (below). oneDNN runs the convolutions and the wide Dense layers in bf16
-  there, and the full default run ended at float32's test negative ELBO (docs/speed.md). JAX's
-  and PyTorch's CPU kernels in bf16 were not measured, so they keep float32.
+- A CPU with native bfloat16 (AVX512_BF16 or AMX) on TensorFlow: mixed_bfloat16, with a few
+  small layers in float32 (float32_where_16_bits_lose). JAX's and PyTorch's CPU kernels in bf16
+  were not measured, so they keep float32.
 - Anything else: float32.
 
-Under a 16-bit policy three things stay float32 (float32_where_16_bits_lose): the encoder's mean
-and log-variance heads (cvae.py), the decoder's Dense layer that reads z (with every Dense layer
-in bf16 seed 2 lost half a nat; this one in float32 brought it back), and every layer's bias (in
-bf16, TensorFlow summed the bias gradients in bf16). Those layers hold 0.01% of the weights and
-FLOPs; everything else keeps the 16-bit speed. The measurements are in docs/speed.md.
+What each choice cost and gained, seed by seed: docs/speed.md.
 """
 
 import os
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-# The decoder's first layer (cvae.build_decoder), whose input is z (and, conditional, the class).
+# The decoder's first Dense layer (cvae.build_decoder): it reads z (conditional: z and the class).
 LAYERS_READING_Z = ("dense_hidden",)
 TENSOR_CORE_CAPABILITY = (7, 0)
 
@@ -26,7 +21,7 @@ TENSOR_CORE_CAPABILITY = (7, 0)
 def resolve(precision, started_with=None):
     """(the Keras dtype policy to use, why), for a precision setting of PRECISIONS. started_with:
     the policy a resumed run recorded; "auto" keeps it, so that a run resumed on other hardware
-    finishes as it started."""
+    finishes as it started (which layers a 16-bit policy keeps in float32 follows this code)."""
     if precision != "auto":
         return precision, "as set"
     if started_with is not None:
@@ -93,21 +88,17 @@ def gpu_capability(backend):
 
 
 def float32_where_16_bits_lose(model):
-    """Under a 16-bit policy, make the decoder's Dense layers that read z compute in float32 and
-    every other layer add its bias in float32; the convolutions and the two wide Dense layers
-    stay 16-bit. A float32 model is left as it is.
+    """Under a 16-bit policy, make the decoder's Dense layer that reads z (LAYERS_READING_Z)
+    compute in float32 and every other layer add its bias in float32; the convolutions and the
+    two wide Dense layers stay 16-bit. The encoder's mean and log-variance heads and the output
+    layer are float32 under every policy already (cvae.py). A float32 model is left as it is.
 
-    Why the layer that reads z: with every Dense layer in bf16 the default run on seed 2 ended
-    0.52 to 0.57 +- 0.22 nats (paired) worse than with them all in float32, in both of its runs;
-    with only this one (2 x 128 weights) in float32 it ended at float32's quality, at the speed of
-    bf16 everywhere (docs/speed.md, "Where bf16 loses the nats"). bf16 keeps 8 significant bits,
-    and at the article's two latent dimensions the posterior is narrow: on the trained model its
-    standard deviation is about 0.03, and bf16's spacing at z is a tenth of it (a fifth for one
-    image in ten). A trained model loses nothing measurable to that rounding at evaluation, so
-    the cost is paid during training, where the decoder learns from z as it reads it. The heads
-    that produce z are float32 already (cvae.py). Keras lets each layer carry its own policy: a
-    layer computing in float32 casts its input up, and the next 16-bit layer casts its output
-    back down.
+    Why that layer: measured, not derived. With it in bf16 too (every Dense layer but the heads),
+    the default run of seed 2 ended about half a nat worse than float32, twice; with it in
+    float32 and the wide Dense layers in bf16, seeds 0, 1 and 2 ended at float32's level
+    (docs/speed.md, "The default"). It holds (latent_dim + classes) x 128 weights. Its input is
+    not float32 z: the sampling layer computes z under the global policy, so z arrives rounded to
+    bf16 in every split tried; what float32 changes is this layer's own product and gradients.
 
     Why the biases: see biases_added_in_float32.
     """

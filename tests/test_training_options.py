@@ -194,7 +194,7 @@ def test_precision_auto_chooses_what_the_hardware_runs_natively(monkeypatch, cap
 
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "float32"])
-def test_under_a_16_bit_policy_only_the_layers_around_z_compute_in_float32(policy):
+def test_under_a_16_bit_policy_the_convolutions_and_wide_dense_layers_compute_in_16_bits(policy):
     # The Dense layer that reads z cost seed 2 half a nat in bf16 (docs/speed.md); the
     # convolutions and the wide Dense layers are where the speed is. Every layer with weights,
     # as train.py leaves it:
@@ -227,6 +227,15 @@ def test_under_a_16_bit_policy_only_the_layers_around_z_compute_in_float32(polic
     flat, h = probe(x)
     assert keras.backend.standardize_dtype(flat.dtype) == sixteen
     assert keras.backend.standardize_dtype(h.dtype) == "float32"
+    # The conditional decoder's first Dense layer reads z and the class: the same layer, by name.
+    keras.mixed_precision.set_dtype_policy(policy)
+    try:
+        conditional = build_cvae(2, (28, 28, 1), seed=0, num_classes=10)
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    float32_where_16_bits_lose(conditional)
+    assert [layer.compute_dtype for layer in conditional.decoder.layers
+            if layer.name in ("dense_hidden", "dense_unflatten")] == ["float32", sixteen]
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow",
