@@ -83,6 +83,21 @@ def build_baseline(latent_dim=2):
     return model
 
 
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+EXTRAS = ("xla", "plain", "guard", "f32dense", "bf16dense", "bf16bias")
+
+
+def unknown_variants(variants):
+    """The comma-separated variants that are not a precision and known extras: a misspelt extra
+    would otherwise time the plain precision under the misspelt name."""
+    unknown = []
+    for variant in variants.split(","):
+        precision, *extras = variant.split("+")
+        if precision not in PRECISIONS or any(extra not in EXTRAS for extra in extras):
+            unknown.append(variant)
+    return unknown
+
+
 # ---- one backend's process ----------------------------------------------------------------------
 def make_project_model(variant):
     import keras
@@ -222,8 +237,9 @@ def main():
     parser.add_argument("--backends", default="tensorflow",
                         help="comma-separated: tensorflow, jax, torch, each optionally +keptmem")
     parser.add_argument("--variants", default="float32",
-                        help="comma-separated project settings (see above); float32 alone is "
-                             "train.py's default")
+                        help="comma-separated project settings (see above); train.py's default, "
+                             "precision=auto, is mixed_bfloat16 on a CPU with native bf16 under "
+                             "TensorFlow and float32 elsewhere")
     parser.add_argument("--images", type=int, default=MNIST_EPOCH,
                         help="images per timed pass (default: one MNIST epoch)")
     parser.add_argument("--repeats", type=int, default=2)
@@ -232,6 +248,12 @@ def main():
     args = parser.parse_args()
     if args.child:
         return child(args)
+    unknown = unknown_variants(args.variants)
+    if unknown:
+        parser.error(f"--variants: {', '.join(unknown)}: not a variant this script knows. A "
+                     f"variant is a precision ({', '.join(PRECISIONS)}) followed by any of "
+                     f"{', '.join('+' + extra for extra in EXTRAS)}, for example "
+                     f"mixed_bfloat16+f32dense; the list is in this script's docstring.")
 
     specs = args.backends.split(",")
     runs = {spec: [] for spec in specs}
