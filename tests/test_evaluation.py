@@ -152,3 +152,30 @@ def test_the_evaluation_is_scaled_to_the_run():
     # A validation split, when there is one, is what the per-epoch loss measures.
     _, monitored, note = scaled_to_run(2_000, 1, 10_000, (5_000, "validation"))
     assert monitored == 1_000 and "1,000 of the 5,000 validation images" in note
+
+
+def test_paired_runs_compares_two_runs_image_by_image_and_refuses_other_test_images(
+        finished_run, tmp_path):
+    from benchmarks.paired_runs import CannotCompare, compare
+
+    out_dir, _, _ = finished_run
+    scores = np.load(out_dir / "test_scores.npy")
+    shift = np.random.default_rng(0).normal(0.5, 2.0, size=scores.shape)
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(out_dir / "config.json", other / "config.json")
+    np.save(other / "test_scores.npy", scores - shift)
+    lines = compare(str(out_dir), str(other))
+    # A minus B is the shift; its standard error the shift's, not the spread between images.
+    expected = f"{shift.mean():+.2f} ± {shift.std(ddof=1) / np.sqrt(len(shift)):.2f} nats"
+    assert lines[-1] == f"A - B, paired over {len(scores)} test images: {expected}"
+    assert f"test negative ELBO {scores.mean():.2f}" in lines[0]
+
+    config = json.loads((other / "config.json").read_text())
+    config["dataset"] = "fashion_mnist"
+    (other / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CannotCompare, match="did not score the same test images .dataset"):
+        compare(str(out_dir), str(other))
+    (other / "test_scores.npy").unlink()
+    with pytest.raises(CannotCompare, match="has no test_scores.npy"):
+        compare(str(out_dir), str(other))
