@@ -94,6 +94,7 @@ def evaluate_run(model, config, data, run_dir, settings=None):
         scores = scores.reshape(len(data.whole.x_test), -1).mean(axis=1)
     write_atomically(os.path.join(run_dir, run_folder.SCORES_FILE),
                      lambda temporary: np.save(temporary, scores.astype("float32")))
+    metrics["eval_seed"] = settings["eval_seed"]  # which z draws test_scores.npy used
     metrics["evaluation_seconds"] = time.perf_counter() - started
     write_json(os.path.join(run_dir, run_folder.METRICS_FILE), metrics)
     print_metrics(metrics)

@@ -2,12 +2,13 @@
 
     python benchmarks/paired_runs.py outputs runs/float32    # outputs minus runs/float32
 
-Every run's evaluation scores each test image's negative ELBO with noise drawn from the image's
-own pixels (measures.negative_elbo_of_new_images), so two runs on the same test split share their
-draws, and the difference of their means has a standard error of the per-image differences,
-usually far smaller than either run's own ± (the spread between digits, which both share). The
-difference is A minus B: negative when A is the better model. The two runs must have scored the
-same test images: the same dataset, file and split.
+A run's test_scores.npy holds each test image's negative ELBO. Both runs score the same images, so
+the standard error of the difference of their means is that of the per-image differences, usually
+far smaller than either run's own ± (the spread between digits, which both share). The evaluation
+draws each image's z from one generator seeded by eval_seed, in the order of the test images, so
+two runs with the same eval_seed and latent size share their draws too, which narrows it further.
+The difference is A minus B: negative when A is the better model. The runs must have scored the
+same test images, with the same likelihood, and both with or both without the class.
 """
 
 import argparse
@@ -18,20 +19,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from plumbing.arrays import KERAS_DATASETS  # noqa: E402
 from plumbing.atomic_files import read_json  # noqa: E402
-from plumbing.run_folder import CONFIG_FILE, SCORES_FILE  # noqa: E402
+from plumbing.run_folder import CONFIG_FILE, METRICS_FILE, SCORES_FILE  # noqa: E402
 
-# What decides which test images a run scored (train.py's settings, as config.json records them);
-# data_path too, but for a Keras dataset, whose local copy holds the same images as the download.
-TEST_SPLIT_SETTINGS = ("dataset", "data_path", "image_size", "channels", "test_fraction",
-                       "binarize", "patch_size")
-
-
-def settings_that_differ(config_a, config_b):
-    """The TEST_SPLIT_SETTINGS on which two runs' configs disagree."""
-    same_copy_either_way = config_a.get("dataset") in KERAS_DATASETS
-    return [name for name in TEST_SPLIT_SETTINGS
-            if config_a.get(name) != config_b.get(name)
-            and not (name == "data_path" and same_copy_either_way)]
+# What decides which test images a run scored: train.py's settings as config.json records them,
+# with the defaults data.load_dataset_of_run assumes for a setting an older run did not record.
+TEST_SPLIT_SETTINGS = {"dataset": "mnist", "data_path": None, "image_size": None,
+                       "channels": None, "test_fraction": 0.1, "binarize": None,
+                       "patch_size": None, "seed": 0}
+# What makes two scores different quantities: nats of another density, or -log p(x|y).
+SCORED_QUANTITY = {"likelihood": None, "conditional": False}
 
 
 class CannotCompare(Exception):
@@ -39,22 +35,56 @@ class CannotCompare(Exception):
 
 
 def read_run(run_dir):
-    """(config, per-image test scores) of a finished run, or a CannotCompare that says why not."""
+    """(config, metrics, per-image test scores) of a finished run, or a CannotCompare."""
     import numpy as np
 
-    config_path, scores_path = (os.path.join(run_dir, name) for name in (CONFIG_FILE, SCORES_FILE))
-    if not os.path.isfile(config_path):
+    paths = [os.path.join(run_dir, name) for name in (CONFIG_FILE, METRICS_FILE, SCORES_FILE)]
+    if not os.path.isfile(paths[0]):
         raise CannotCompare(f"{run_dir!r} is not a run folder: it has no {CONFIG_FILE}. Give the "
                             f"out_dir of a run of train.py.")
-    if not os.path.isfile(scores_path):
-        raise CannotCompare(f"{run_dir!r} has no {SCORES_FILE}: the run has not finished its "
-                            f"evaluation. Finish it (run its train.py command again) or run "
-                            f"`python evaluate.py {run_dir}`.")
+    for path in paths[1:]:
+        if not os.path.isfile(path):
+            raise CannotCompare(f"{run_dir!r} has no {os.path.basename(path)}: the run has not "
+                                f"finished its evaluation. Finish it (run its train.py command "
+                                f"again) or run `python evaluate.py {run_dir}`.")
     try:
-        return read_json(config_path), np.load(scores_path, allow_pickle=False)
+        config = read_json(paths[0])
     except (OSError, ValueError) as error:
-        raise CannotCompare(f"{run_dir!r} could not be read ({error}). Run `python evaluate.py "
-                            f"{run_dir}` to score its test images again.") from None
+        raise CannotCompare(f"{paths[0]!r} could not be read ({error}): the run cannot be "
+                            f"identified. Compare another run, or train this one again.") from None
+    try:
+        return config, read_json(paths[1]), np.load(paths[2], allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise CannotCompare(f"{run_dir!r}'s scores could not be read ({error}). Run `python "
+                            f"evaluate.py {run_dir}` to score its test images again.") from None
+
+
+def test_split_differences(config_a, config_b):
+    """The settings that chose the two runs' test images and differ, as phrases. The data_path
+    of a Keras dataset does not count (a local copy holds the images Keras would download), nor
+    its seed, unless it drew dynamically binarized test pixels."""
+    a, b = ({name: config.get(name, default) for name, default in TEST_SPLIT_SETTINGS.items()}
+            for config in (config_a, config_b))
+    keras_test_split = a["dataset"] == b["dataset"] and a["dataset"] in KERAS_DATASETS
+    ignored = {"data_path"} if keras_test_split else set()
+    if keras_test_split and "dynamic" not in (a["binarize"], b["binarize"]):
+        ignored.add("seed")
+    return [f"{name} {a[name]!r} against {b[name]!r}" for name in TEST_SPLIT_SETTINGS
+            if name not in ignored and a[name] != b[name]]
+
+
+def reasons_not_comparable(run_a, run_b):
+    """What differs between two runs (config, metrics, scores) that their scores cannot be
+    paired across, as phrases; empty when they can."""
+    (config_a, metrics_a, scores_a), (config_b, metrics_b, scores_b) = run_a, run_b
+    reasons = test_split_differences(config_a, config_b)
+    reasons += [f"{name} {metrics_a.get(name, default)!r} against "
+                f"{metrics_b.get(name, default)!r}"
+                for name, default in SCORED_QUANTITY.items()
+                if metrics_a.get(name, default) != metrics_b.get(name, default)]
+    if not reasons and scores_a.shape != scores_b.shape:
+        reasons.append(f"{len(scores_a)} against {len(scores_b)} test images")
+    return reasons
 
 
 def paired_difference(scores_a, scores_b):
@@ -66,24 +96,28 @@ def paired_difference(scores_a, scores_b):
             float(np.mean(scores_a)), float(np.mean(scores_b)))
 
 
-def compare(run_a, run_b):
+def describe(label, run_dir, config, metrics, mean):
+    precision = config.get("precision_used", config.get("precision"))
+    return (f"{label} {run_dir}: test negative ELBO {mean:.2f} (seed {config.get('seed')}, "
+            f"precision {precision}, eval_seed {metrics.get('eval_seed', 0)})")
+
+
+def compare(run_a_dir, run_b_dir):
     """The paired comparison of two run folders, as the lines the script prints."""
-    (config_a, scores_a), (config_b, scores_b) = read_run(run_a), read_run(run_b)
-    differing = settings_that_differ(config_a, config_b)
-    if differing or scores_a.shape != scores_b.shape:
-        what = ", ".join(f"{name} {config_a.get(name)!r} against {config_b.get(name)!r}"
-                         for name in differing) or (f"{len(scores_a)} against {len(scores_b)} "
-                                                     f"test images")
-        raise CannotCompare(f"{run_a!r} and {run_b!r} did not score the same test images ({what}), "
-                            f"so they cannot be compared image by image. Compare runs of the same "
-                            f"data, or compare their metrics.json unpaired.")
-    mean_difference, standard_error, mean_a, mean_b = paired_difference(scores_a, scores_b)
-    return [f"A {run_a}: test negative ELBO {mean_a:.2f} (seed {config_a.get('seed')}, "
-            f"precision {config_a.get('precision_used', config_a.get('precision'))})",
-            f"B {run_b}: test negative ELBO {mean_b:.2f} (seed {config_b.get('seed')}, "
-            f"precision {config_b.get('precision_used', config_b.get('precision'))})",
-            f"A - B, paired over {len(scores_a)} test images: {mean_difference:+.2f} ± "
-            f"{standard_error:.2f} nats"]
+    run_a, run_b = read_run(run_a_dir), read_run(run_b_dir)
+    reasons = reasons_not_comparable(run_a, run_b)
+    if reasons:
+        raise CannotCompare(f"{run_a_dir!r} and {run_b_dir!r} did not score the same quantity on "
+                            f"the same test images ({'; '.join(reasons)}), so they cannot be "
+                            f"compared image by image. Compare runs of the same data and model "
+                            f"kind, or compare their metrics.json unpaired.")
+    mean_difference, standard_error, mean_a, mean_b = paired_difference(run_a[2], run_b[2])
+    shared = (run_a[1].get("eval_seed", 0) == run_b[1].get("eval_seed", 0)
+              and run_a[0].get("latent_dim") == run_b[0].get("latent_dim"))
+    return [describe("A", run_a_dir, run_a[0], run_a[1], mean_a),
+            describe("B", run_b_dir, run_b[0], run_b[1], mean_b),
+            f"A - B, paired over {len(run_a[2])} test images: {mean_difference:+.2f} ± "
+            f"{standard_error:.2f} nats ({'the same' if shared else 'different'} z draws)"]
 
 
 def main():

@@ -239,7 +239,8 @@ def main():
     parser.add_argument("--variants", default="float32",
                         help="comma-separated project settings (see above); train.py's default, "
                              "precision=auto, is mixed_bfloat16 on a CPU with native bf16 under "
-                             "TensorFlow and float32 elsewhere")
+                             "TensorFlow, mixed_float16 on a GPU with tensor cores, float32 "
+                             "elsewhere")
     parser.add_argument("--images", type=int, default=MNIST_EPOCH,
                         help="images per timed pass (default: one MNIST epoch)")
     parser.add_argument("--repeats", type=int, default=2)

@@ -154,6 +154,17 @@ def test_the_evaluation_is_scaled_to_the_run():
     assert monitored == 1_000 and "1,000 of the 5,000 validation images" in note
 
 
+def test_the_paired_standard_error_is_that_of_the_per_image_differences():
+    from benchmarks.paired_runs import paired_difference
+
+    # Differences 1, 2, 3, 4: mean 2.5, sample variance 5/3, so a standard error of
+    # sqrt(5/3 / 4); the runs' own means are 12.5 and 10.
+    difference, standard_error, mean_a, mean_b = paired_difference([11, 12, 13, 14],
+                                                                   [10, 10, 10, 10])
+    assert difference == pytest.approx(2.5) and mean_a == 12.5 and mean_b == 10
+    assert standard_error == pytest.approx(np.sqrt(5 / 3 / 4))
+
+
 def test_paired_runs_compares_two_runs_image_by_image_and_refuses_other_test_images(
         finished_run, tmp_path):
     from benchmarks.paired_runs import CannotCompare, compare
@@ -162,19 +173,37 @@ def test_paired_runs_compares_two_runs_image_by_image_and_refuses_other_test_ima
     scores = np.load(out_dir / "test_scores.npy")
     shift = np.random.default_rng(0).normal(0.5, 2.0, size=scores.shape)
     other = tmp_path / "other"
-    other.mkdir()
-    shutil.copy(out_dir / "config.json", other / "config.json")
+    shutil.copytree(out_dir, other, ignore=shutil.ignore_patterns("*.h5", "*.keras", "*.png",
+                                                                  "*.gif", "snapshots"))
     np.save(other / "test_scores.npy", scores - shift)
     lines = compare(str(out_dir), str(other))
     # A minus B is the shift; its standard error the shift's, not the spread between images.
     expected = f"{shift.mean():+.2f} ± {shift.std(ddof=1) / np.sqrt(len(shift)):.2f} nats"
-    assert lines[-1] == f"A - B, paired over {len(scores)} test images: {expected}"
+    assert lines[-1] == (f"A - B, paired over {len(scores)} test images: {expected} "
+                         f"(the same z draws)")
     assert f"test negative ELBO {scores.mean():.2f}" in lines[0]
+    assert f"test negative ELBO {(scores - shift).mean():.2f}" in lines[1]
 
-    config = json.loads((other / "config.json").read_text())
-    config["dataset"] = "fashion_mnist"
-    (other / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CannotCompare, match="did not score the same test images .dataset"):
+    def edited(file_name, **changes):
+        content = json.loads((out_dir / file_name).read_text())
+        (other / file_name).write_text(json.dumps({**content, **changes}))
+
+    # MNIST's test split is its own, whatever the seed; dynamic binarization draws by the seed.
+    edited("config.json", seed=7, data_path="elsewhere/mnist.npz")
+    assert compare(str(out_dir), str(other))[-1].startswith("A - B")
+    edited("config.json", seed=7, binarize="dynamic")
+    with pytest.raises(CannotCompare, match="binarize None against 'dynamic'; seed 0 against 7"):
+        compare(str(out_dir), str(other))
+    edited("config.json", dataset="fashion_mnist")
+    with pytest.raises(CannotCompare, match="dataset 'mnist' against 'fashion_mnist'"):
+        compare(str(out_dir), str(other))
+    edited("config.json")
+    edited("metrics.json", conditional=True)
+    with pytest.raises(CannotCompare, match="conditional False against True"):
+        compare(str(out_dir), str(other))
+    edited("metrics.json")
+    np.save(other / "test_scores.npy", scores[:-1])
+    with pytest.raises(CannotCompare, match=f"{len(scores)} against {len(scores) - 1} test images"):
         compare(str(out_dir), str(other))
     (other / "test_scores.npy").unlink()
     with pytest.raises(CannotCompare, match="has no test_scores.npy"):

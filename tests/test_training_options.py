@@ -195,7 +195,8 @@ def test_precision_auto_chooses_what_the_hardware_runs_natively(monkeypatch, cap
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "float32"])
 def test_under_a_16_bit_policy_the_convolutions_and_wide_dense_layers_compute_in_16_bits(policy):
-    # The Dense layer that reads z cost seed 2 half a nat in bf16 (docs/speed.md); the
+    # With the Dense layer that reads z in bf16 too, seed 2 ended half a nat worse (docs/speed.md,
+    # a measurement, not an explanation); the
     # convolutions and the wide Dense layers are where the speed is. Every layer with weights,
     # as train.py leaves it:
     from plumbing.precision import float32_where_16_bits_lose
