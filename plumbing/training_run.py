@@ -98,8 +98,8 @@ class TrainingRun:
         policy, why = precision.resolve(self.config["precision"],
                                         self.recorded("precision_used"))
         if self.config["precision"] == "auto":
-            kept = ("; the layer that reads z, the mean and log-variance heads and the biases "
-                    "in float32" if policy != "float32" else "")
+            kept = ("; the layer that reads z, the mean and log-variance heads, the output "
+                    "layer and the biases in float32" if policy != "float32" else "")
             print(f"Precision: {policy}{kept}, chosen by {why}.")
         keras.mixed_precision.set_dtype_policy(policy)
 
