@@ -43,6 +43,10 @@ import sys
 import time
 
 HERE = os.path.abspath(__file__)
+sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+
+from plumbing.precision import PRECISIONS  # noqa: E402  (imports only os; Keras loads in the child)
+
 MNIST_EPOCH = 60_000
 KEPT_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(2**25), "MALLOC_TRIM_THRESHOLD_": str(2**32),
                "MALLOC_TOP_PAD_": str(2**30)}
@@ -83,17 +87,21 @@ def build_baseline(latent_dim=2):
     return model
 
 
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+# A timed variant names the policy itself: "auto" is whichever of these the machine gets.
+TIMED_PRECISIONS = tuple(precision for precision in PRECISIONS if precision != "auto")
 EXTRAS = ("xla", "plain", "guard", "f32dense", "bf16dense", "bf16bias")
+# Extras that set the same layers' dtypes two ways: make_project_model would silently let one win.
+CONTRADICTORY_EXTRAS = ({"bf16dense", "f32dense"}, {"bf16dense", "bf16bias"})
 
 
 def unknown_variants(variants):
-    """The comma-separated variants that are not a precision and known extras: a misspelt extra
-    would otherwise time the plain precision under the misspelt name."""
+    """The comma-separated variants that are not a precision and known extras, or that combine
+    contradictory extras: either would otherwise be timed as something other than its name."""
     unknown = []
     for variant in variants.split(","):
         precision, *extras = variant.split("+")
-        if precision not in PRECISIONS or any(extra not in EXTRAS for extra in extras):
+        if (precision not in TIMED_PRECISIONS or any(extra not in EXTRAS for extra in extras)
+                or any(pair <= set(extras) for pair in CONTRADICTORY_EXTRAS)):
             unknown.append(variant)
     return unknown
 
@@ -176,7 +184,6 @@ def matmul_gflops(size=4096, repeats=5):
 
 
 def child(args):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
     sys.path.insert(0, os.path.dirname(HERE))
     import keras
 
@@ -251,10 +258,14 @@ def main():
         return child(args)
     unknown = unknown_variants(args.variants)
     if unknown:
+        contradictions = " nor ".join(" with ".join(sorted("+" + extra for extra in pair))
+                                      for pair in CONTRADICTORY_EXTRAS)
         parser.error(f"--variants: {', '.join(unknown)}: not a variant this script knows. A "
-                     f"variant is a precision ({', '.join(PRECISIONS)}) followed by any of "
+                     f"variant is a precision ({', '.join(TIMED_PRECISIONS)}) followed by any of "
                      f"{', '.join('+' + extra for extra in EXTRAS)}, for example "
-                     f"mixed_bfloat16+f32dense; the list is in this script's docstring.")
+                     f"mixed_bfloat16+f32dense, but never "
+                     f"{contradictions}, which set the same layers two ways; the list is in "
+                     f"this script's docstring.")
 
     specs = args.backends.split(",")
     runs = {spec: [] for spec in specs}
