@@ -17,7 +17,7 @@ from plumbing import arrays, image_files, inspection_folders
 from plumbing.arrays import KERAS_DATASETS
 from plumbing.batches import in_memory_batches, streamed_input
 from plumbing.errors import ConfigError, DataError, require
-from plumbing.run_folder import require_same_data
+from plumbing.run_folder import recorded_setting, require_same_data
 
 
 @dataclasses.dataclass
@@ -235,10 +235,8 @@ def load_dataset_of_run(config, run_dir=None):
     before other datasets existed were MNIST's, with only data_path). With run_dir, split as the
     run trained on it (as_trained), and refused if it is no longer the data the run in run_dir
     recorded."""
-    data = load_dataset(config.get("dataset", "mnist"), config.get("data_path"),
-                        config.get("image_size"), config.get("channels"),
-                        config.get("test_fraction", 0.1), config.get("seed", 0),
-                        config.get("stream"))
+    data = load_dataset(*(recorded_setting(config, name) for name in (
+        "dataset", "data_path", "image_size", "channels", "test_fraction", "seed", "stream")))
     if run_dir is not None:
         data = as_trained(data, config)
         require_same_data(run_dir, config.get("data"), data.summary())
@@ -263,14 +261,14 @@ def as_trained(data, config):
                 f"The test split holds no image of holdout_class={config['holdout_class']!r}, so "
                 f"anomaly detection cannot be measured; hold out another class.")
     if config.get("validation_images") is not None:
-        data = data.with_validation(config["validation_images"], config.get("seed", 0))
+        data = data.with_validation(config["validation_images"], recorded_setting(config, "seed"))
     if config.get("train_subset") is not None:
         require(config["train_subset"] <= data.num_train,
                 f"train_subset={config['train_subset']} is more than the {data.num_train} "
                 f"training images available.")
         data = data.select_train(np.arange(data.num_train) < config["train_subset"])
     if config.get("binarize") is not None:
-        data = data.with_binarized_held_out(config["binarize"], config.get("seed", 0))
+        data = data.with_binarized_held_out(config["binarize"], recorded_setting(config, "seed"))
     if config.get("patch_size") is not None:
         data = data.in_patches(config["patch_size"])
     return data
@@ -292,7 +290,7 @@ def fitting_likelihood(data, config):
     GREY_LEVEL_LIKELIHOOD."""
     if config.get("binarize") is not None:
         return "bernoulli", f"binarize={config['binarize']} makes every pixel 0 or 1"
-    if config.get("dataset", "mnist") == "mnist":
+    if recorded_setting(config, "dataset") == "mnist":
         return "bernoulli", "MNIST, the article's experiment, has pixels nearly 0 or 1"
     if data.x_train is not None:
         pixels = data.x_train[:1000]

@@ -207,11 +207,12 @@ def training_record(history_path):
 def figure_images(model, config, data, z_mean, metrics, settings, rng):
     """Every image the figures show, decoded in a few batched calls: a dict of arrays."""
     import measures
+    from plumbing.run_folder import recorded_setting
 
     latent_dim = z_mean.shape[1]
     dims = measures.most_informative_dims(metrics["kl_per_dimension"])
     conditional = model.conditional
-    shown_x, shown_captions, shown_labels = data.shown_images(seed=config.get("seed", 0))
+    shown_x, shown_captions, shown_labels = data.shown_images(seed=recorded_setting(config, "seed"))
     shown_labels = shown_labels if conditional else None
     shown_mean, _ = measures.encode(model, shown_x, labels=shown_labels)
     quantiles, grid = manifold_grid(settings["manifold_size"], latent_dim, dims)

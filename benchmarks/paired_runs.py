@@ -19,13 +19,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from plumbing.arrays import KERAS_DATASETS  # noqa: E402
 from plumbing.atomic_files import read_json  # noqa: E402
-from plumbing.run_folder import CONFIG_FILE, METRICS_FILE, SCORES_FILE  # noqa: E402
+from plumbing.run_folder import (  # noqa: E402
+    CONFIG_FILE,
+    METRICS_FILE,
+    SCORES_FILE,
+    recorded_setting,
+)
 
-# What decides which test images a run scored: train.py's settings as config.json records them,
-# with the defaults data.load_dataset_of_run assumes for a setting an older run did not record.
-TEST_SPLIT_SETTINGS = {"dataset": "mnist", "data_path": None, "image_size": None,
-                       "channels": None, "test_fraction": 0.1, "binarize": None,
-                       "patch_size": None, "seed": 0}
+# What decides which test images a run scored: train.py's settings as config.json records them.
+TEST_SPLIT_SETTINGS = ("dataset", "data_path", "image_size", "channels", "test_fraction",
+                       "binarize", "patch_size", "seed")
 # What makes two scores different quantities: nats of another density, or -log p(x|y).
 SCORED_QUANTITY = {"likelihood": None, "conditional": False}
 
@@ -63,7 +66,7 @@ def test_split_differences(config_a, config_b):
     """The settings that chose the two runs' test images and differ, as phrases. The data_path
     of a Keras dataset does not count (a local copy holds the images Keras would download), nor
     its seed, unless it drew dynamically binarized test pixels."""
-    a, b = ({name: config.get(name, default) for name, default in TEST_SPLIT_SETTINGS.items()}
+    a, b = ({name: recorded_setting(config, name) for name in TEST_SPLIT_SETTINGS}
             for config in (config_a, config_b))
     keras_test_split = a["dataset"] == b["dataset"] and a["dataset"] in KERAS_DATASETS
     ignored = {"data_path"} if keras_test_split else set()

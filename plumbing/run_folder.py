@@ -49,6 +49,14 @@ RUN_FILES = (CONFIG_FILE, WEIGHTS_FILE, ENCODER_FILE, DECODER_FILE, HISTORY_FILE
 GENERATED_FOLDER = "generated"  # what sample.py writes by default
 TENSORBOARD_FOLDER = "tensorboard"  # with tensorboard=True
 RUN_FOLDERS = (SNAPSHOT_FOLDER, BACKUP_FOLDER, GENERATED_FOLDER, TENSORBOARD_FOLDER)
+# What a config.json means by a data setting it does not record (runs made before the setting
+# existed were MNIST's, with the default test split and seed); every other setting means None.
+UNRECORDED_DATA_SETTINGS = {"dataset": "mnist", "test_fraction": 0.1, "seed": 0}
+
+
+def recorded_setting(config, name):
+    """A data setting of a run's config.json, or what a run that did not record it used."""
+    return config.get(name, UNRECORDED_DATA_SETTINGS.get(name))
 
 
 def remove_run(folder):
