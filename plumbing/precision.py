@@ -87,11 +87,13 @@ def gpu_capability(backend):
     return None
 
 
-def float32_where_16_bits_lose(model):
+def float32_where_16_bits_lose(model, recorded_layers=None):
     """Under a 16-bit policy, make the decoder's Dense layer that reads z (LAYERS_READING_Z)
     compute in float32 and every other layer add its bias in float32; the convolutions and the
     two wide Dense layers stay 16-bit. The encoder's mean and log-variance heads and the output
     layer are float32 under every policy already (cvae.py). A float32 model is left as it is.
+    recorded_layers: a resumed run's float32_layers (below), which it keeps instead, so that it
+    finishes with the split it started with even if this code's split has changed since.
 
     Why that layer: measured, not derived. With it in bf16 too (every Dense layer but the heads),
     the default run of seed 2 ended about half a nat worse than float32, twice; with it in
@@ -102,10 +104,25 @@ def float32_where_16_bits_lose(model):
 
     Why the biases: see biases_added_in_float32.
     """
-    for layer in model.decoder.layers:
-        if layer.name in LAYERS_READING_Z and layer.compute_dtype != "float32":
-            layer.dtype_policy = "float32"
+    for part in (model.encoder, model.decoder):
+        for layer in part.layers:
+            if recorded_layers is None:
+                chosen = part is model.decoder and layer.name in LAYERS_READING_Z
+            else:
+                chosen = f"{part.name}/{layer.name}" in recorded_layers
+            if chosen and layer.compute_dtype != "float32":
+                layer.dtype_policy = "float32"
     biases_added_in_float32(model)
+
+
+def float32_layers(model):
+    """The encoder's and decoder's layers with weights that compute in float32 under a 16-bit
+    policy, as "encoder/z_mean", ...: what config.json records as float32_layers, and what the log
+    lists. None for a float32 model, where there is no split to record."""
+    if model.dtype_policy.compute_dtype == "float32":
+        return None
+    return [f"{part.name}/{layer.name}" for part in (model.encoder, model.decoder)
+            for layer in part.layers if layer.weights and layer.compute_dtype == "float32"]
 
 
 def biases_added_in_float32(model):

@@ -92,16 +92,25 @@ class TrainingRun:
 
     def set_precision(self):
         """Keras's dtype policy for the run: the config's precision, "auto" resolved to what
-        this hardware runs fast (and the log says why), a resumed run's as it started."""
+        this hardware runs fast (split_precision's log line says why), a resumed run's as it
+        started."""
         import keras
 
-        policy, why = precision.resolve(self.config["precision"],
-                                        self.recorded("precision_used"))
-        if self.config["precision"] == "auto":
-            kept = ("; the layer that reads z, the mean and log-variance heads, the output "
-                    "layer and the biases in float32" if policy != "float32" else "")
-            print(f"Precision: {policy}{kept}, chosen by {why}.")
+        policy, self.precision_why = precision.resolve(self.config["precision"],
+                                                       self.recorded("precision_used"))
         keras.mixed_precision.set_dtype_policy(policy)
+
+    def split_precision(self, model):
+        """Keep in float32 the few layers that lose under a 16-bit policy (the split a resumed
+        run recorded, else precision.float32_where_16_bits_lose's), and say which."""
+        recorded = self.recorded("float32_layers")
+        precision.float32_where_16_bits_lose(model, recorded)
+        kept = precision.float32_layers(model)
+        if kept is not None:
+            kept = (f"; in float32: {', '.join(kept)} and every bias (plumbing/precision.py "
+                    f"says why)")
+        how = "as set" if self.config["precision"] != "auto" else f"chosen by {self.precision_why}"
+        print(f"Precision: {model.dtype_policy.name}{kept or ''}, {how}.")
 
     def describe_model(self, model):
         """Print the encoder's and decoder's layers, their parameter count and the cost of a
@@ -140,7 +149,7 @@ class TrainingRun:
 
     def write_config(self, **resolved):
         """config.json: the hyperparameters, what "auto" settings resolved to (precision_used,
-        likelihood_used), and the versions of the libraries."""
+        float32_layers, likelihood_used), and the versions of the libraries."""
         self.config.update(resolved)  # what the run's model is built from when it is saved
         write_json(self.path(run_folder.CONFIG_FILE), {**self.config, "versions": versions()})
 

@@ -137,3 +137,28 @@ def test_overwrite_with_bad_data_deletes_nothing(finished_run, tmp_path):
     assert result.returncode == 2 and "does not exist" in result.stderr
     # Every file of the run as it was, byte for byte and untouched, and none added.
     assert folder_contents(run) == before
+
+
+@pytest.mark.slow
+def test_a_resumed_bf16_run_keeps_the_float32_layers_its_config_recorded(tmp_path):
+    # The split between bf16 and float32 layers is recorded in config.json, so that a run started
+    # under another version's split (here one more float32 layer, as 2026-12-05's default had)
+    # finishes with it. mixed_bfloat16 runs on any CPU, emulated where it is not native.
+    out_dir, arguments = three_epoch_run(tmp_path)
+    arguments.append("--precision=mixed_bfloat16")
+    process = start_train(arguments, stop_at="SIGKILL@2.1")
+    _, stderr = process.communicate(timeout=300)
+    assert read_epochs(out_dir) == [0], stderr[-2000:]
+    config_path = out_dir / "config.json"
+    config = json.loads(config_path.read_text())
+    assert "decoder/dense_hidden" in config["float32_layers"]
+    assert "decoder/dense_unflatten" not in config["float32_layers"]
+    older_split = sorted(config["float32_layers"] + ["decoder/dense_unflatten"])
+    config_path.write_text(json.dumps({**config, "float32_layers": older_split}))
+
+    result = run_script("train.py", *arguments)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "1 epoch(s) already done" in result.stdout
+    logged = next(line for line in result.stdout.splitlines() if line.startswith("Precision:"))
+    assert "decoder/dense_unflatten" in logged, logged
+    assert sorted(json.loads(config_path.read_text())["float32_layers"]) == older_split

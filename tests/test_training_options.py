@@ -239,6 +239,32 @@ def test_under_a_16_bit_policy_the_convolutions_and_wide_dense_layers_compute_in
             if layer.name in ("dense_hidden", "dense_unflatten")] == ["float32", sixteen]
 
 
+def test_a_resumed_run_keeps_the_float32_layers_it_recorded_not_this_codes_split():
+    # config.json records the split (float32_layers); a run started under 2026-12-05's split,
+    # every Dense layer in float32, resumes with it, not with today's.
+    from plumbing.precision import float32_layers, float32_where_16_bits_lose
+
+    def built_under_bf16():
+        keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+        try:
+            return build_cvae(2, (28, 28, 1), seed=0)
+        finally:
+            keras.mixed_precision.set_dtype_policy("float32")
+
+    todays = built_under_bf16()
+    float32_where_16_bits_lose(todays)
+    assert float32_layers(todays) == ["encoder/z_mean", "encoder/z_log_var",
+                                      "decoder/dense_hidden", "decoder/pixel_probabilities"]
+    every_dense = ["encoder/dense_hidden", "encoder/z_mean", "encoder/z_log_var",
+                   "decoder/dense_hidden", "decoder/dense_unflatten",
+                   "decoder/pixel_probabilities"]
+    resumed = built_under_bf16()
+    float32_where_16_bits_lose(resumed, recorded_layers=every_dense)
+    assert float32_layers(resumed) == every_dense
+    assert resumed.encoder.get_layer("conv_1").compute_dtype == "bfloat16"
+    assert float32_layers(build_cvae(2, (28, 28, 1), seed=0)) is None  # float32: nothing to keep
+
+
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow",
                     reason="bf16 is chosen on TensorFlow only (plumbing/precision.py)")
 def test_under_mixed_bfloat16_a_bias_gradient_is_summed_in_float32():
