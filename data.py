@@ -235,8 +235,8 @@ def load_dataset_of_run(config, run_dir=None):
     before other datasets existed were MNIST's, with only data_path). With run_dir, split as the
     run trained on it (as_trained), and refused if it is no longer the data the run in run_dir
     recorded."""
-    data = load_dataset(*(recorded_setting(config, name) for name in (
-        "dataset", "data_path", "image_size", "channels", "test_fraction", "seed", "stream")))
+    data = load_dataset(**{name: recorded_setting(config, name) for name in (
+        "dataset", "data_path", "image_size", "channels", "test_fraction", "seed", "stream")})
     if run_dir is not None:
         data = as_trained(data, config)
         require_same_data(run_dir, config.get("data"), data.summary())

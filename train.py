@@ -67,7 +67,7 @@ def main(argv):
     import plotting
     from cvae import build_cvae, wide_dense_kernels
     from data import as_trained, fitting_likelihood, load_dataset_of_run
-    from plumbing import precision, recording
+    from plumbing import recording
     from plumbing.batches import EpochShuffle
     from plumbing.optimizer import make_optimizer
     from plumbing.run_folder import GIF_FILE, SNAPSHOT_FOLDER
@@ -102,7 +102,7 @@ def main(argv):
                            likelihood=likelihood, binarize=config["binarize"],
                            kl_warmup_steps=config["kl_warmup_steps"])
         model.kl_warmup_steps = steps["kl_warmup"]
-        run.split_precision(model)  # a few small layers stay float32 under bf16
+        float32_layers = run.split_precision(model)  # a few small layers stay float32 in bf16
         run.describe_model(model)  # its layers, parameters and cost
         # The XLA-compiled update cannot run inside tf.distribute's replicas (it would have to
         # sum their gradients inside a nested compiled function, which TensorFlow refuses).
@@ -112,8 +112,8 @@ def main(argv):
             cooldown_share=config["cooldown_share"], fused=config["distribute"] is None,
             ema_momentum=config["ema_momentum"], weight_decay=config["weight_decay"],
             decayed=wide_dense_kernels(model), variables=model.trainable_variables))
-    run.write_config(precision_used=model.dtype_policy.name,
-                     float32_layers=precision.float32_layers(model), likelihood_used=likelihood)
+    run.write_config(precision_used=model.dtype_policy.name, float32_layers=float32_layers,
+                     likelihood_used=likelihood)
 
     # train; val_* columns measure the validation split, or else only watch the test split
     # (A short run gets a short evaluation: evaluate.scaled_to_run says what it leaves out.)

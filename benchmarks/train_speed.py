@@ -19,18 +19,19 @@ The TensorFlow process also times the baseline: the article's architecture writt
 readers would in Keras 3, one functional model, the KL term added with add_loss,
 compile(optimizer="rmsprop") with a summed binary cross-entropy and fit(x, x) on NumPy arrays.
 
-Variants: a precision (float32, mixed_bfloat16, mixed_float16), then +xla to compile the whole step
-(XLA on TensorFlow, torch.compile on PyTorch; JAX always compiles it), +plain for Keras's own
-optimizer update instead of the fused one (TensorFlow only, see plumbing/optimizer.py), +guard for
-train.py's per-batch NaN check. Under a 16-bit precision train.py computes the decoder's layer
-that reads z and adds every bias in float32 (plumbing/precision.float32_where_16_bits_lose);
-+f32dense also computes the other Dense layers in float32 (the default of 2026-12-05), +bf16dense
-keeps the layer that reads z in 16 bits too (auto's split before 2026-12-05, never the default;
-biases still float32),
-+bf16bias is Keras's own mixed precision, float32 only where cvae.py fixes it (the heads, the
-output layer).
-"+keptmem" after a backend runs its process with glibc told to keep
-freed memory (MALLOC_TRIM_THRESHOLD_ and friends): an A/B test of the allocator.
+Variants: a precision (float32, mixed_bfloat16, mixed_float16: plumbing/precision.PRECISIONS but
+"auto"), then +xla to compile the whole step (XLA on TensorFlow, torch.compile on PyTorch; JAX
+always compiles it), +plain for Keras's own optimizer update instead of the fused one (TensorFlow
+only, see plumbing/optimizer.py), +guard for train.py's per-batch NaN check. Under a 16-bit
+precision train.py computes the decoder's layer that reads z and adds every bias in float32
+(plumbing/precision.float32_where_16_bits_lose); +f32dense also computes the other Dense layers in
+float32 (the default of 2026-12-05), +bf16dense keeps the layer that reads z in 16 bits too
+(auto's split before 2026-12-05, never the default; biases still float32), +bf16bias is Keras's
+own mixed precision, float32 only where cvae.py fixes it (the heads, the output layer). Those
+three need a 16-bit precision, and +bf16dense goes with neither of the other two: such variants
+are refused, as are misspelt ones.
+"+keptmem" after a backend runs its process with glibc told to keep freed memory
+(MALLOC_TRIM_THRESHOLD_ and friends): an A/B test of the allocator.
 """
 
 import argparse
@@ -92,16 +93,20 @@ TIMED_PRECISIONS = tuple(precision for precision in PRECISIONS if precision != "
 EXTRAS = ("xla", "plain", "guard", "f32dense", "bf16dense", "bf16bias")
 # Extras that set the same layers' dtypes two ways: make_project_model would silently let one win.
 CONTRADICTORY_EXTRAS = ({"bf16dense", "f32dense"}, {"bf16dense", "bf16bias"})
+# Extras that move layers between 16 bits and float32: under float32 they would change nothing.
+SPLIT_EXTRAS = {"f32dense", "bf16dense", "bf16bias"}
 
 
 def unknown_variants(variants):
-    """The comma-separated variants that are not a precision and known extras, or that combine
-    contradictory extras: either would otherwise be timed as something other than its name."""
+    """The comma-separated variants that are not a precision and known extras, that combine
+    contradictory extras, or that split a float32 model: each would otherwise be timed as
+    something other than its name."""
     unknown = []
     for variant in variants.split(","):
         precision, *extras = variant.split("+")
         if (precision not in TIMED_PRECISIONS or any(extra not in EXTRAS for extra in extras)
-                or any(pair <= set(extras) for pair in CONTRADICTORY_EXTRAS)):
+                or any(pair <= set(extras) for pair in CONTRADICTORY_EXTRAS)
+                or (precision == "float32" and SPLIT_EXTRAS & set(extras))):
             unknown.append(variant)
     return unknown
 
@@ -264,8 +269,9 @@ def main():
                      f"variant is a precision ({', '.join(TIMED_PRECISIONS)}) followed by any of "
                      f"{', '.join('+' + extra for extra in EXTRAS)}, for example "
                      f"mixed_bfloat16+f32dense, but never "
-                     f"{contradictions}, which set the same layers two ways; the list is in "
-                     f"this script's docstring.")
+                     f"{contradictions}, which set the same layers two ways, nor "
+                     f"{', '.join(sorted('+' + extra for extra in SPLIT_EXTRAS))} after float32, "
+                     f"where they change nothing; the list is in this script's docstring.")
 
     specs = args.backends.split(",")
     runs = {spec: [] for spec in specs}

@@ -21,7 +21,7 @@ TENSOR_CORE_CAPABILITY = (7, 0)
 def resolve(precision, started_with=None):
     """(the Keras dtype policy to use, why), for a precision setting of PRECISIONS. started_with:
     the policy a resumed run recorded; "auto" keeps it, so that a run resumed on other hardware
-    finishes as it started (which layers a 16-bit policy keeps in float32 follows this code)."""
+    finishes as it started (the layers it keeps in float32 are recorded apart: float32_layers)."""
     if precision != "auto":
         return precision, "as set"
     if started_with is not None:
@@ -92,8 +92,10 @@ def float32_where_16_bits_lose(model, recorded_layers=None):
     compute in float32 and every other layer add its bias in float32; the convolutions and the
     two wide Dense layers stay 16-bit. The encoder's mean and log-variance heads and the output
     layer are float32 under every policy already (cvae.py). A float32 model is left as it is.
-    recorded_layers: a resumed run's float32_layers (below), which it keeps instead, so that it
-    finishes with the split it started with even if this code's split has changed since.
+    recorded_layers: a resumed run's float32_layers (below). Then exactly those of the encoder's
+    and decoder's layers with weights compute in float32 and the rest under the model's policy, so
+    that the run finishes with the split it started with even if this code's or cvae.py's split
+    has changed since. (Layers without weights, and the sampling layer, follow this code.)
 
     Why that layer: measured, not derived. With it in bf16 too (every Dense layer but the heads),
     the default run of seed 2 ended about half a nat worse than float32, twice; with it in
@@ -104,15 +106,28 @@ def float32_where_16_bits_lose(model, recorded_layers=None):
 
     Why the biases: see biases_added_in_float32.
     """
-    for part in (model.encoder, model.decoder):
-        for layer in part.layers:
-            if recorded_layers is None:
-                chosen = part is model.decoder and layer.name in LAYERS_READING_Z
-            else:
-                chosen = f"{part.name}/{layer.name}" in recorded_layers
-            if chosen and layer.compute_dtype != "float32":
+    if recorded_layers is not None:
+        for part in (model.encoder, model.decoder):
+            for layer in part.layers:
+                if layer.weights:
+                    in_float32 = f"{part.name}/{layer.name}" in recorded_layers
+                    layer.dtype_policy = "float32" if in_float32 else model.dtype_policy
+    else:
+        for layer in model.decoder.layers:
+            if layer.name in LAYERS_READING_Z and layer.compute_dtype != "float32":
                 layer.dtype_policy = "float32"
     biases_added_in_float32(model)
+
+
+def unknown_recorded_layers(model, recorded_layers):
+    """The entries of a run's recorded float32_layers that name no layer with weights of this
+    model's encoder or decoder (a renamed layer, a hand edit): applied, they would change
+    nothing, and the run would resume with another split than it says."""
+    if not isinstance(recorded_layers, list):
+        return [repr(recorded_layers)]
+    known = {f"{part.name}/{layer.name}" for part in (model.encoder, model.decoder)
+             for layer in part.layers if layer.weights}
+    return [name for name in recorded_layers if name not in known]
 
 
 def float32_layers(model):

@@ -49,14 +49,17 @@ RUN_FILES = (CONFIG_FILE, WEIGHTS_FILE, ENCODER_FILE, DECODER_FILE, HISTORY_FILE
 GENERATED_FOLDER = "generated"  # what sample.py writes by default
 TENSORBOARD_FOLDER = "tensorboard"  # with tensorboard=True
 RUN_FOLDERS = (SNAPSHOT_FOLDER, BACKUP_FOLDER, GENERATED_FOLDER, TENSORBOARD_FOLDER)
-# What a config.json means by a data setting it does not record (runs made before the setting
-# existed were MNIST's, with the default test split and seed); every other setting means None.
-UNRECORDED_DATA_SETTINGS = {"dataset": "mnist", "test_fraction": 0.1, "seed": 0}
+# What a run's config.json means by a setting it does not record, where that is not None: what
+# the project did before the setting existed (runs made before other datasets were MNIST's, with
+# the default test split and seed; no weight decay, no KL warm-up, ...). Read when a run is
+# resumed (prepare_out_dir) and when its data is loaded again (recorded_setting).
+BEFORE_IT_EXISTED = {"dataset": "mnist", "test_fraction": 0.1, "seed": 0, "weight_decay": 0.0,
+                     "kl_warmup_steps": 0, "cooldown_share": 0.2, "likelihood": "bernoulli"}
 
 
 def recorded_setting(config, name):
-    """A data setting of a run's config.json, or what a run that did not record it used."""
-    return config.get(name, UNRECORDED_DATA_SETTINGS.get(name))
+    """A setting of a run's config.json, or what a run that did not record it used."""
+    return config.get(name, BEFORE_IT_EXISTED.get(name))
 
 
 def remove_run(folder):
@@ -192,13 +195,13 @@ def anomaly_rule(run_dir, test_scores, percentile, threshold=None):
 
 
 # ---- the run folder of train.py ----------------------------------------------------------------
-def prepare_out_dir(out_dir, config, before_it_existed=None):
+def prepare_out_dir(out_dir, config):
     """Make out_dir ready and lock it; False when it already holds this very run, finished.
 
     A run made with other hyperparameters is refused unless overwrite=True (train.py deletes it
     once the data is checked); an unfinished one with the same hyperparameters is resumed. A
     hyperparameter that the run's config.json lacks (one added to the project since) counts as
-    the value that gives what the project did before it (before_it_existed, else None). A
+    the value that gives what the project did before it (BEFORE_IT_EXISTED, else None). A
     process that does not write (atomic_files.stop_writing) only reads the folder, if it sees one.
     """
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
@@ -216,7 +219,7 @@ def prepare_out_dir(out_dir, config, before_it_existed=None):
                               f"{out_dir!r} cannot be checked. Choose another --out_dir, or pass "
                               f"--overwrite=True to replace it.") from None
         # The devices may change between attempts: the numbers do not depend on them.
-        old = {**(before_it_existed or {}), **old}
+        old = {**BEFORE_IT_EXISTED, **old}
         changed = sorted(key for key in config if key not in (
             "overwrite", "out_dir", "distribute", "virtual_devices")
                          and old.get(key) != config[key])

@@ -18,9 +18,6 @@ from plumbing.optimizer import LR_SCHEDULES, OPTIMIZERS
 from plumbing.precision import PRECISIONS
 from plumbing.run_folder import CONFIG_FILE
 
-# What a run made before a hyperparameter existed did, where that is not None (resuming it).
-BEFORE_IT_EXISTED = {"weight_decay": 0.0, "kl_warmup_steps": 0, "cooldown_share": 0.2,
-                     "likelihood": "bernoulli"}
 # latent_dim=None: the article's 2, which makes the latent space plottable, or for an inspection
 # set the size chosen on the synthetic defects of three sets' validation splits
 # (docs/anomaly-detection.md): a 2-d latent space reconstructs normal images too coarsely for their

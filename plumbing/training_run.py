@@ -17,7 +17,6 @@ from plumbing.atomic_files import read_json, write_json
 from plumbing.errors import require
 from plumbing.model_size import architecture_problem, training_gflops_per_image
 from plumbing.optimizer import MIN_WARMUP_STEPS, fitted_warmup
-from plumbing.train_config import BEFORE_IT_EXISTED
 
 # The length of an inspection run that found defects far better than 10 epochs (260-290 steps)
 # on the digit and brick sets, and little worse than 100: 30 epochs, 780-870 optimizer steps
@@ -40,9 +39,10 @@ class TrainingRun:
         check_batches_split(self.device_count, config)
         self.writes_the_run = devices.write_from_process_0()
         self.already_finished = not self.agreed(
-            lambda: run_folder.prepare_out_dir(self.out_dir, config, BEFORE_IT_EXISTED),
+            lambda: run_folder.prepare_out_dir(self.out_dir, config),
             "the check of out_dir (refuse, train, or nothing to do)")
         self.exit_code = None
+        self.precision_why = None  # set_precision's reason for the policy
 
     def agreed(self, decide, what):
         """decide()'s outcome, the same in every process (devices.agreed)."""
@@ -92,8 +92,8 @@ class TrainingRun:
 
     def set_precision(self):
         """Keras's dtype policy for the run: the config's precision, "auto" resolved to what
-        this hardware runs fast (split_precision's log line says why), a resumed run's as it
-        started."""
+        this hardware runs fast, a resumed run's as it started; split_precision says which and
+        why, once the model is built."""
         import keras
 
         policy, self.precision_why = precision.resolve(self.config["precision"],
@@ -102,15 +102,24 @@ class TrainingRun:
 
     def split_precision(self, model):
         """Keep in float32 the few layers that lose under a 16-bit policy (the split a resumed
-        run recorded, else precision.float32_where_16_bits_lose's), and say which."""
+        run recorded, else precision.float32_where_16_bits_lose's), and say which and why.
+        Returns their names, for config.json (None under float32)."""
         recorded = self.recorded("float32_layers")
+        unknown = (precision.unknown_recorded_layers(model, recorded)
+                   if recorded is not None else [])
+        require(not unknown, f"{self.path(run_folder.CONFIG_FILE)!r} records float32_layers "
+                             f"that this model does not have ({', '.join(unknown)}), so the run "
+                             f"cannot resume with the bf16/float32 split it started with. Restore "
+                             f"the list it was written with, or pass --overwrite=True to train "
+                             f"it again from scratch.")
         precision.float32_where_16_bits_lose(model, recorded)
-        kept = precision.float32_layers(model)
-        if kept is not None:
-            kept = (f"; in float32: {', '.join(kept)} and every bias (plumbing/precision.py "
-                    f"says why)")
-        how = "as set" if self.config["precision"] != "auto" else f"chosen by {self.precision_why}"
-        print(f"Precision: {model.dtype_policy.name}{kept or ''}, {how}.")
+        float32_names = precision.float32_layers(model)
+        kept = (f"; in float32: {', '.join(float32_names)} and every bias (plumbing/precision.py "
+                f"says why)" if float32_names is not None else "")
+        why = self.precision_why
+        chosen = f"chosen by {why}" if self.config["precision"] == "auto" else why
+        print(f"Precision: {model.dtype_policy.name}{kept}, {chosen}.")
+        return float32_names
 
     def describe_model(self, model):
         """Print the encoder's and decoder's layers, their parameter count and the cost of a

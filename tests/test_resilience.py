@@ -1,7 +1,8 @@
-"""A run survives Ctrl-C and SIGTERM, refuses to clobber other runs, and stops on divergence. (A
-run killed with kill -9 and resumed: test_exact_resume.py, which checks the resumed run is the
-uninterrupted one.) The runs use the strided architecture: the machinery under test does not
-depend on the architecture, and it is 14x cheaper than the article's."""
+"""A run survives Ctrl-C and SIGTERM, refuses to clobber other runs, stops on divergence, and
+resumes with the bf16/float32 split it started with. (A run killed with kill -9 and resumed:
+test_exact_resume.py, which checks the resumed run is the uninterrupted one.) The runs use the
+strided architecture: the machinery under test does not depend on the architecture, and it is
+14x cheaper than the article's."""
 
 import csv
 import json
@@ -142,8 +143,9 @@ def test_overwrite_with_bad_data_deletes_nothing(finished_run, tmp_path):
 @pytest.mark.slow
 def test_a_resumed_bf16_run_keeps_the_float32_layers_its_config_recorded(tmp_path):
     # The split between bf16 and float32 layers is recorded in config.json, so that a run started
-    # under another version's split (here one more float32 layer, as 2026-12-05's default had)
-    # finishes with it. mixed_bfloat16 runs on any CPU, emulated where it is not native.
+    # under another version's split (here one more float32 Dense layer, a step toward 2026-12-05's
+    # default, which had all five) finishes with it; a record naming a layer the model lacks is
+    # refused. mixed_bfloat16 runs on any CPU, emulated where it is not native.
     out_dir, arguments = three_epoch_run(tmp_path)
     arguments.append("--precision=mixed_bfloat16")
     process = start_train(arguments, stop_at="SIGKILL@2.1")
@@ -153,9 +155,17 @@ def test_a_resumed_bf16_run_keeps_the_float32_layers_its_config_recorded(tmp_pat
     config = json.loads(config_path.read_text())
     assert "decoder/dense_hidden" in config["float32_layers"]
     assert "decoder/dense_unflatten" not in config["float32_layers"]
+
+    # A record this model cannot follow (a renamed layer): one paragraph, the run left as it was.
+    config_path.write_text(json.dumps({**config, "float32_layers": ["decoder/dense_hiden"]}))
+    result = run_script("train.py", *arguments)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert ("records float32_layers that this model does not have (decoder/dense_hiden)"
+            in " ".join(result.stderr.split())), result.stderr[-2000:]
+    assert read_epochs(out_dir) == [0]
+
     older_split = sorted(config["float32_layers"] + ["decoder/dense_unflatten"])
     config_path.write_text(json.dumps({**config, "float32_layers": older_split}))
-
     result = run_script("train.py", *arguments)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "1 epoch(s) already done" in result.stdout

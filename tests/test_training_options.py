@@ -242,7 +242,11 @@ def test_under_a_16_bit_policy_the_convolutions_and_wide_dense_layers_compute_in
 def test_a_resumed_run_keeps_the_float32_layers_it_recorded_not_this_codes_split():
     # config.json records the split (float32_layers); a run started under 2026-12-05's split,
     # every Dense layer in float32, resumes with it, not with today's.
-    from plumbing.precision import float32_layers, float32_where_16_bits_lose
+    from plumbing.precision import (
+        float32_layers,
+        float32_where_16_bits_lose,
+        unknown_recorded_layers,
+    )
 
     def built_under_bf16():
         keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
@@ -259,9 +263,20 @@ def test_a_resumed_run_keeps_the_float32_layers_it_recorded_not_this_codes_split
                    "decoder/dense_hidden", "decoder/dense_unflatten",
                    "decoder/pixel_probabilities"]
     resumed = built_under_bf16()
+    assert unknown_recorded_layers(resumed, every_dense) == []
     float32_where_16_bits_lose(resumed, recorded_layers=every_dense)
     assert float32_layers(resumed) == every_dense
     assert resumed.encoder.get_layer("conv_1").compute_dtype == "bfloat16"
+    # Exactly the recorded layers, matched with their part: a layer cvae.py or this code keeps
+    # in float32 today, unrecorded, computes in bf16, as it did when the run started.
+    other_split = ["encoder/z_mean", "decoder/dense_unflatten"]
+    resumed = built_under_bf16()
+    float32_where_16_bits_lose(resumed, recorded_layers=other_split)
+    assert float32_layers(resumed) == other_split
+    # A recorded name this model lacks (a renamed layer, a hand edit) is found, to be refused.
+    assert unknown_recorded_layers(resumed, ["decoder/dense_hiden", "encoder/z_mean"]) == [
+        "decoder/dense_hiden"]
+    assert unknown_recorded_layers(resumed, "decoder/dense_hidden") == ["'decoder/dense_hidden'"]
     assert float32_layers(build_cvae(2, (28, 28, 1), seed=0)) is None  # float32: nothing to keep
 
 
@@ -403,7 +418,6 @@ def test_a_run_from_before_these_options_still_resumes(tmp_path):
     from plumbing import run_folder
     from plumbing.atomic_files import write_json
     from plumbing.errors import ConfigError
-    from plumbing.train_config import BEFORE_IT_EXISTED
 
     def older_run(folder):
         """A folder holding the config.json of a run made before these options existed."""
@@ -419,12 +433,12 @@ def test_a_run_from_before_these_options_still_resumes(tmp_path):
     # values, refused with the new defaults, which would change it halfway.
     same = older_run(tmp_path / "same")
     config = read_train_config([f"--out_dir={same}", "--weight_decay=0", "--cooldown_share=0.2"])
-    assert run_folder.prepare_out_dir(same, config, BEFORE_IT_EXISTED) is True
+    assert run_folder.prepare_out_dir(same, config) is True
     other = older_run(tmp_path / "other")
     default = read_train_config([f"--out_dir={other}"])
     with pytest.raises(ConfigError, match="cooldown_share: 0.2 there, 0.4 now; weight_decay: "
                                           "0.0 there, 0.5 now.*Pass the values"):
-        run_folder.prepare_out_dir(other, default, BEFORE_IT_EXISTED)
+        run_folder.prepare_out_dir(other, default)
 
 
 def test_new_images_are_seen_as_a_binarized_run_saw_its_own():
