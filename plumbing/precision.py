@@ -107,11 +107,8 @@ def float32_where_16_bits_lose(model, recorded_layers=None):
     Why the biases: see biases_added_in_float32.
     """
     if recorded_layers is not None:
-        for part in (model.encoder, model.decoder):
-            for layer in part.layers:
-                if layer.weights:
-                    in_float32 = f"{part.name}/{layer.name}" in recorded_layers
-                    layer.dtype_policy = "float32" if in_float32 else model.dtype_policy
+        for name, layer in layers_with_weights(model).items():
+            layer.dtype_policy = "float32" if name in recorded_layers else model.dtype_policy
     else:
         for layer in model.decoder.layers:
             if layer.name in LAYERS_READING_Z and layer.compute_dtype != "float32":
@@ -125,8 +122,7 @@ def unknown_recorded_layers(model, recorded_layers):
     nothing, and the run would resume with another split than it says."""
     if not isinstance(recorded_layers, list):
         return [repr(recorded_layers)]
-    known = {f"{part.name}/{layer.name}" for part in (model.encoder, model.decoder)
-             for layer in part.layers if layer.weights}
+    known = layers_with_weights(model)
     return [name for name in recorded_layers if name not in known]
 
 
@@ -136,8 +132,15 @@ def float32_layers(model):
     lists. None for a float32 model, where there is no split to record."""
     if model.dtype_policy.compute_dtype == "float32":
         return None
-    return [f"{part.name}/{layer.name}" for part in (model.encoder, model.decoder)
-            for layer in part.layers if layer.weights and layer.compute_dtype == "float32"]
+    return [name for name, layer in layers_with_weights(model).items()
+            if layer.compute_dtype == "float32"]
+
+
+def layers_with_weights(model):
+    """The encoder's and decoder's layers that hold weights, by "encoder/z_mean"-style names (a
+    layer name alone is not unique: both parts have a dense_hidden), in the models' order."""
+    return {f"{part.name}/{layer.name}": layer for part in (model.encoder, model.decoder)
+            for layer in part.layers if layer.weights}
 
 
 def biases_added_in_float32(model):
