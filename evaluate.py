@@ -69,7 +69,8 @@ def main(argv):
 
 def evaluate_run(model, config, data, run_dir, settings=None):
     """Compute every number of a trained model on data's test split, then draw every figure,
-    then write test_scores.npy and metrics.json; returns the metrics."""
+    then write test_scores.npy (and validation_scores.npy, with a validation split) and
+    metrics.json; returns the metrics."""
     from plumbing import run_folder
     from plumbing.atomic_files import write_atomically, write_json
 
@@ -80,7 +81,13 @@ def evaluate_run(model, config, data, run_dir, settings=None):
     rng = np.random.default_rng(settings["eval_seed"])
     metrics, scores, z_mean = test_metrics(model, config, data, settings, rng)
     if data.x_val is not None:
-        metrics.update(validation_metrics(model, data, settings))
+        validation, validation_scores = validation_metrics(model, data, settings)
+        metrics.update(validation)
+        # Each validation image's score too, so that two runs' settings can be compared image
+        # by image on the split they are chosen on (benchmarks/paired_runs.py --split=validation).
+        write_atomically(os.path.join(run_dir, run_folder.VALIDATION_SCORES_FILE),
+                         lambda temporary: np.save(temporary,
+                                                   validation_scores.astype("float32")))
     metrics.update(training_record(os.path.join(run_dir, run_folder.HISTORY_FILE)))
     figures = figure_images(model, config, data, z_mean, metrics, settings, rng)
     draw_figures(figures, data, z_mean, scores, metrics, history=metrics["per_epoch"],
@@ -132,8 +139,9 @@ def test_metrics(model, config, data, settings, rng):
 
 
 def validation_metrics(model, data, settings):
-    """The negative ELBO (± standard error) of the validation split, the number that settings
-    are chosen on; its own noise (eval_seed's second stream), so the test numbers stay as
+    """(metrics, each validation image's negative ELBO): the negative ELBO (± standard error) of
+    the validation split, the number that settings are chosen on; its own noise (eval_seed's
+    second stream, drawn in the order of the validation images), so the test numbers stay as
     they are."""
     import measures
 
@@ -145,7 +153,7 @@ def validation_metrics(model, data, settings):
     metrics = measures.summarize_negative_elbo(reconstruction, kl, prefix="validation_")
     metrics["validation_bits_per_dim"] = measures.bits_per_dim(
         metrics["validation_negative_elbo"], data.image_shape, model.likelihood)
-    return metrics
+    return metrics, reconstruction + kl
 
 
 def scaled_to_run(images_per_epoch, epochs, test_images, monitored_split=None):

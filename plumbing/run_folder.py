@@ -34,6 +34,7 @@ SNAPSHOT_FOLDER = "snapshots"
 BACKUP_FOLDER = "backup"  # Keras BackupAndRestore's state, present only while a run is unfinished
 GIF_FILE = "training.gif"
 SCORES_FILE = "test_scores.npy"
+VALIDATION_SCORES_FILE = "validation_scores.npy"  # with validation_images: each one's -ELBO
 EXPLORER_CACHE_FILE = "explorer_cache.npz"  # explore.py's test-split latents, its only write
 ANOMALY_THRESHOLD_FILE = "anomaly_threshold.json"  # an inspection run's threshold (evaluate.py)
 SCORER_FILE = "scorer.onnx"  # export.py's anomaly scorer
@@ -43,9 +44,9 @@ FIGURE_FILES = ("latent_space.png", "manifold.png", "samples.png", "interpolatio
                 "anomaly_roc.png", "anomaly_histograms.png", "anomaly_overlays.png")
 # Everything a run writes, so that --overwrite=True can clear an old run and nothing else.
 RUN_FILES = (CONFIG_FILE, WEIGHTS_FILE, ENCODER_FILE, DECODER_FILE, HISTORY_FILE, METRICS_FILE,
-             RECONSTRUCTIONS_FILE, GIF_FILE, SCORES_FILE, EXPLORER_CACHE_FILE,
-             ANOMALY_THRESHOLD_FILE, FEATURE_MEMORY_FILE, SCORER_FILE, "scores.csv",
-             "conditional_accuracy.json") + FIGURE_FILES
+             RECONSTRUCTIONS_FILE, GIF_FILE, SCORES_FILE, VALIDATION_SCORES_FILE,
+             EXPLORER_CACHE_FILE, ANOMALY_THRESHOLD_FILE, FEATURE_MEMORY_FILE, SCORER_FILE,
+             "scores.csv", "conditional_accuracy.json") + FIGURE_FILES
 GENERATED_FOLDER = "generated"  # what sample.py writes by default
 TENSORBOARD_FOLDER = "tensorboard"  # with tensorboard=True
 RUN_FOLDERS = (SNAPSHOT_FOLDER, BACKUP_FOLDER, GENERATED_FOLDER, TENSORBOARD_FOLDER)

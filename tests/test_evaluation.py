@@ -208,3 +208,33 @@ def test_paired_runs_compares_two_runs_image_by_image_and_refuses_other_test_ima
     (other / "test_scores.npy").unlink()
     with pytest.raises(CannotCompare, match="has no test_scores.npy"):
         compare(str(out_dir), str(other))
+
+
+def test_paired_runs_pairs_validation_scores_of_runs_that_held_out_the_same_images(
+        finished_run, tmp_path):
+    from benchmarks.paired_runs import CannotCompare, compare
+
+    out_dir, _, _ = finished_run
+    with pytest.raises(CannotCompare, match="trained without a validation split"):
+        compare(str(out_dir), str(out_dir), split="validation")
+    scores = np.random.default_rng(1).normal(100.0, 10.0, size=20)
+    runs = {}
+    for name, seed, shift, split_layers in (("a", 0, 0.0, ["decoder/dense_hidden"]),
+                                            ("b", 0, 1.5, None), ("c", 3, 0.0, None)):
+        run = runs[name] = tmp_path / name
+        shutil.copytree(out_dir, run, ignore=shutil.ignore_patterns(
+            "*.h5", "*.keras", "*.png", "*.gif", "snapshots"))
+        config = json.loads((run / "config.json").read_text())
+        config.update(validation_images=20, seed=seed, float32_layers=split_layers)
+        (run / "config.json").write_text(json.dumps(config))
+        np.save(run / "validation_scores.npy", scores + shift)
+    lines = compare(str(runs["a"]), str(runs["b"]), split="validation")
+    assert lines[-1] == ("A - B, paired over 20 validation images: -1.50 ± 0.00 nats (the same "
+                         "z draws)")
+    assert f"validation negative ELBO {scores.mean():.2f}" in lines[0]
+    # The split of a 16-bit run is named, since two runs of one policy can differ in it.
+    assert "with decoder/dense_hidden in float32" in lines[0]
+    # Another seed held out other training images; MNIST's test split is the same for both.
+    with pytest.raises(CannotCompare, match="the same validation images .*seed 0 against 3"):
+        compare(str(runs["a"]), str(runs["c"]), split="validation")
+    assert compare(str(runs["a"]), str(runs["c"]))[-1].startswith("A - B, paired over")

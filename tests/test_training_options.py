@@ -142,10 +142,14 @@ def test_a_binarized_run_with_a_validation_split_reports_it_and_exports_a_thresh
 
     data = load_dataset("mnist", str(data_path)).with_validation(50, seed=0)
     data = data.with_binarized_held_out("static", seed=0)
-    reconstruction, kl, _ = numpy_negative_elbo(out_dir, data_path, eval_seed=[0, 1],
+    # The validation split's own draws: eval_seed 0's second stream (evaluate.validation_metrics).
+    reconstruction, kl, _ = numpy_negative_elbo(out_dir, data_path, eval_seed=[0, 0, 1],
                                                 x=data.x_val)
     assert metrics["validation_negative_elbo"] == pytest.approx(
         np.mean(reconstruction + kl), abs=1e-2)
+    # Each validation image's own score is kept, for benchmarks/paired_runs.py --split=validation.
+    np.testing.assert_allclose(np.load(out_dir / "validation_scores.npy"), reconstruction + kl,
+                               atol=1e-2)
     reconstruction, kl, _ = numpy_negative_elbo(out_dir, data_path, x=data.x_test)
     assert metrics["test_negative_elbo"] == pytest.approx(np.mean(reconstruction + kl),
                                                           abs=1e-2)
