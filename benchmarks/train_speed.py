@@ -27,9 +27,11 @@ precision train.py computes the decoder's layer that reads z and adds every bias
 (plumbing/precision.float32_where_16_bits_lose); +f32dense also computes the other Dense layers in
 float32 (the default of 2026-12-05), +bf16dense keeps the layer that reads z in 16 bits too
 (auto's split before 2026-12-05, never the default; biases still float32), +bf16bias is Keras's
-own mixed precision, float32 only where cvae.py fixes it (the heads, the output layer). Those
-three need a 16-bit precision, and +bf16dense goes with neither of the other two: such variants
-are refused, as are misspelt ones.
+own mixed precision, float32 only where cvae.py fixes it (the heads, the output layer), and
++bf16convbias lets only the encoder's three convolutions add their biases in 16 bits (what the
+float32 biases of the layers whose bias gradients bf16 summed well cost; never the default). Those
+four need a 16-bit precision, +bf16dense goes with neither +f32dense nor +bf16bias, and
++bf16convbias not with +bf16bias: such variants are refused, as are misspelt ones.
 "+keptmem" after a backend runs its process with glibc told to keep freed memory
 (MALLOC_TRIM_THRESHOLD_ and friends): an A/B test of the allocator.
 """
@@ -90,11 +92,12 @@ def build_baseline(latent_dim=2):
 
 # A timed variant names the policy itself: "auto" is whichever of these the machine gets.
 TIMED_PRECISIONS = tuple(precision for precision in PRECISIONS if precision != "auto")
-EXTRAS = ("xla", "plain", "guard", "f32dense", "bf16dense", "bf16bias")
+EXTRAS = ("xla", "plain", "guard", "f32dense", "bf16dense", "bf16bias", "bf16convbias")
 # Extras that set the same layers' dtypes two ways: make_project_model would silently let one win.
-CONTRADICTORY_EXTRAS = ({"bf16dense", "f32dense"}, {"bf16dense", "bf16bias"})
+CONTRADICTORY_EXTRAS = ({"bf16dense", "f32dense"}, {"bf16dense", "bf16bias"},
+                        {"bf16convbias", "bf16bias"})
 # Extras that move layers between 16 bits and float32: under float32 they would change nothing.
-SPLIT_EXTRAS = {"f32dense", "bf16dense", "bf16bias"}
+SPLIT_EXTRAS = {"f32dense", "bf16dense", "bf16bias", "bf16convbias"}
 
 
 def unknown_variants(variants):
@@ -127,6 +130,10 @@ def make_project_model(variant):
         biases_added_in_float32(model)
     elif "bf16bias" not in extras:  # +bf16bias: Keras's own mixed precision
         float32_where_16_bits_lose(model)
+    if "bf16convbias" in extras:  # the encoder's convolutions add their biases in bf16 again
+        for layer in model.encoder.layers:
+            if isinstance(layer, keras.layers.Conv2D):
+                layer.bias._autocast = True
     if "f32dense" in extras:  # every Dense layer in float32 (the default of 2026-12-05)
         for layer in model.encoder.layers + model.decoder.layers:
             if isinstance(layer, keras.layers.Dense):

@@ -71,10 +71,12 @@ def test_the_speed_benchmark_refuses_a_misspelt_or_contradictory_variant_before_
     # "float32+bf16dense" plain float32.
     result = run_for_help("benchmarks/train_speed.py",
                           "--variants=float32,mixed_bfloat16+f32dens,bfloat16,mixed_bfloat16+xla,"
-                          "mixed_bfloat16+bf16dense+f32dense,auto,float32+xla,float32+bf16dense")
+                          "mixed_bfloat16+bf16dense+f32dense,auto,float32+xla,float32+bf16dense,"
+                          "mixed_bfloat16+bf16convbias,mixed_bfloat16+bf16convbias+bf16bias")
     assert result.stderr.strip().splitlines()[-1] == "exit 2 heavy []", result.stderr[-2000:]
     assert ("mixed_bfloat16+f32dens, bfloat16, mixed_bfloat16+bf16dense+f32dense, auto, "
-            "float32+bf16dense: not a variant") in " ".join(result.stderr.split())
+            "float32+bf16dense, mixed_bfloat16+bf16convbias+bf16bias: not a variant"
+            ) in " ".join(result.stderr.split())
 
 
 def test_help_text_without_a_source_still_lists_the_settings():
