@@ -1,5 +1,6 @@
 """Evaluate a trained run on its test split: compute every number, then draw every figure, then
-write test_scores.npy and metrics.json into the run folder.
+write test_scores.npy (validation_scores.npy too, with a validation split) and metrics.json into
+the run folder.
 
     python evaluate.py                 # the run in outputs/
     python evaluate.py RUN_DIR --iwae_samples=256 --iwae_images=2000
@@ -83,11 +84,6 @@ def evaluate_run(model, config, data, run_dir, settings=None):
     if data.x_val is not None:
         validation, validation_scores = validation_metrics(model, data, settings)
         metrics.update(validation)
-        # Each validation image's score too, so that two runs' settings can be compared image
-        # by image on the split they are chosen on (benchmarks/paired_runs.py --split=validation).
-        write_atomically(os.path.join(run_dir, run_folder.VALIDATION_SCORES_FILE),
-                         lambda temporary: np.save(temporary,
-                                                   validation_scores.astype("float32")))
     metrics.update(training_record(os.path.join(run_dir, run_folder.HISTORY_FILE)))
     figures = figure_images(model, config, data, z_mean, metrics, settings, rng)
     draw_figures(figures, data, z_mean, scores, metrics, history=metrics["per_epoch"],
@@ -101,6 +97,14 @@ def evaluate_run(model, config, data, run_dir, settings=None):
         scores = scores.reshape(len(data.whole.x_test), -1).mean(axis=1)
     write_atomically(os.path.join(run_dir, run_folder.SCORES_FILE),
                      lambda temporary: np.save(temporary, scores.astype("float32")))
+    if data.x_val is not None:
+        # Each validation image's score too, so that two runs' settings can be compared image
+        # by image on the split they are chosen on (benchmarks/paired_runs.py --split=validation).
+        if data.whole is not None:
+            validation_scores = validation_scores.reshape(len(data.whole.x_val), -1).mean(axis=1)
+        write_atomically(os.path.join(run_dir, run_folder.VALIDATION_SCORES_FILE),
+                         lambda temporary: np.save(temporary,
+                                                   validation_scores.astype("float32")))
     metrics["eval_seed"] = settings["eval_seed"]  # which z draws test_scores.npy used
     metrics["evaluation_seconds"] = time.perf_counter() - started
     write_json(os.path.join(run_dir, run_folder.METRICS_FILE), metrics)

@@ -1,4 +1,4 @@
-"""Two finished runs compared test image by test image: the paired difference of their scores.
+"""Two finished runs compared image by image (test or validation split): their paired difference.
 
     python benchmarks/paired_runs.py outputs runs/float32    # outputs minus runs/float32
     python benchmarks/paired_runs.py runs/a runs/b --split=validation   # to choose a setting on
@@ -12,9 +12,9 @@ The difference is A minus B: negative when A is the better model. The runs must 
 same test images, with the same likelihood, and both with or both without the class.
 
 --split=validation pairs validation_scores.npy instead: runs trained with the same
-validation_images and seed hold out the same training images, and score them with their own
-stream of eval_seed's draws. That is the comparison to choose a setting on; the test split's is
-the one to report.
+validation_images and seed (or on the same inspection set) hold out the same images, and score
+them with their own stream of eval_seed's draws. That is the comparison to choose a setting on;
+the test split's is the one to report.
 """
 
 import argparse
@@ -61,16 +61,19 @@ def read_run(run_dir, split="test"):
     except (OSError, ValueError) as error:
         raise CannotCompare(f"{config_path!r} could not be read ({error}): the run cannot be "
                             f"identified. Compare another run, or train this one again.") from None
-    if split == "validation" and config.get("validation_images") is None:
+    # What the data held out to choose settings on: validation_images, or an inspection set's
+    # normal images (data.summary(), recorded as config's "data").
+    if split == "validation" and not (config.get("data") or {}).get("validation_images"):
         raise CannotCompare(f"{run_dir!r} was trained without a validation split, so it has no "
                             f"validation scores. Compare on the test split (leave --split out), "
                             f"or train both runs with the same --validation_images.")
-    for path in (metrics_path, scores_path):
-        if not os.path.isfile(path):
-            raise CannotCompare(f"{run_dir!r} has no {os.path.basename(path)}: the run has not "
-                                f"finished its evaluation, or finished it before the file was "
-                                f"written. Finish it (run its train.py command again) or run "
-                                f"`python evaluate.py {run_dir}`.")
+    if not os.path.isfile(metrics_path):
+        raise CannotCompare(f"{run_dir!r} has no {METRICS_FILE}: the run has not finished its "
+                            f"evaluation. Finish it by running its train.py command again.")
+    if not os.path.isfile(scores_path):
+        raise CannotCompare(f"{run_dir!r} has no {os.path.basename(scores_path)}: it was "
+                            f"evaluated before evaluate.py wrote that file. Run `python "
+                            f"evaluate.py {run_dir}` to score it again and write it.")
     try:
         return config, read_json(metrics_path), np.load(scores_path, allow_pickle=False)
     except (OSError, ValueError) as error:
@@ -119,7 +122,7 @@ def paired_difference(scores_a, scores_b):
 
 
 def describe(label, run_dir, config, metrics, mean, split="test"):
-    """One run's line: its mean score and what it was trained with, the bf16/float32 split
+    """One run's line: its mean score and what it was trained with, the 16-bit/float32 split
     included (two runs of one 16-bit policy can differ in it)."""
     precision = config.get("precision_used", config.get("precision"))
     split_layers = config.get("float32_layers")

@@ -28,10 +28,11 @@ precision train.py computes the decoder's layer that reads z and adds every bias
 float32 (the default of 2026-12-05), +bf16dense keeps the layer that reads z in 16 bits too
 (auto's split before 2026-12-05, never the default; biases still float32), +bf16bias is Keras's
 own mixed precision, float32 only where cvae.py fixes it (the heads, the output layer), and
-+bf16convbias lets only the encoder's three convolutions add their biases in 16 bits (what the
-float32 biases of the layers whose bias gradients bf16 summed well cost; never the default). Those
-four need a 16-bit precision, +bf16dense goes with neither +f32dense nor +bf16bias, and
-+bf16convbias not with +bf16bias: such variants are refused, as are misspelt ones.
++bf16convbias puts the biases of the encoder's three convolutions back in 16 bits, the others
+staying float32 (to time what float32 biases cost on layers whose bias gradients bf16 summed
+accurately, docs/speed.md; never the default). Those four need a 16-bit precision, +bf16dense
+goes with neither +f32dense nor +bf16bias, and +bf16convbias not with +bf16bias: such variants
+are refused, as are misspelt ones.
 "+keptmem" after a backend runs its process with glibc told to keep freed memory
 (MALLOC_TRIM_THRESHOLD_ and friends): an A/B test of the allocator.
 """
@@ -93,7 +94,9 @@ def build_baseline(latent_dim=2):
 # A timed variant names the policy itself: "auto" is whichever of these the machine gets.
 TIMED_PRECISIONS = tuple(precision for precision in PRECISIONS if precision != "auto")
 EXTRAS = ("xla", "plain", "guard", "f32dense", "bf16dense", "bf16bias", "bf16convbias")
-# Extras that set the same layers' dtypes two ways: make_project_model would silently let one win.
+# Extras that set the same layers' dtypes two ways (make_project_model would silently let one win),
+# or one that does nothing under the other: either way the variant would be timed under a name
+# that says otherwise.
 CONTRADICTORY_EXTRAS = ({"bf16dense", "f32dense"}, {"bf16dense", "bf16bias"},
                         {"bf16convbias", "bf16bias"})
 # Extras that move layers between 16 bits and float32: under float32 they would change nothing.

@@ -409,6 +409,11 @@ def test_a_model_of_patches_scores_whole_images_in_every_command(tmp_path):
 
     test_scores = np.load(run_dir / "test_scores.npy")
     assert len(test_scores) == len(load_dataset(root).x_test)
+    # So are the validation scores: one per held-out normal digit (20, of 9 patches each).
+    validation_scores = np.load(run_dir / "validation_scores.npy")
+    assert len(validation_scores) == 20
+    assert validation_scores.mean() == pytest.approx(
+        json.loads((run_dir / "metrics.json").read_text())["validation_negative_elbo"], abs=1e-3)
     for row in rows:
         nats = float(row["negative_elbo_nats"])
         assert float(row["bits_per_dim"]) == pytest.approx(

@@ -219,22 +219,37 @@ def test_paired_runs_pairs_validation_scores_of_runs_that_held_out_the_same_imag
         compare(str(out_dir), str(out_dir), split="validation")
     scores = np.random.default_rng(1).normal(100.0, 10.0, size=20)
     runs = {}
-    for name, seed, shift, split_layers in (("a", 0, 0.0, ["decoder/dense_hidden"]),
-                                            ("b", 0, 1.5, None), ("c", 3, 0.0, None)):
+    for name, seed, shift, policy, split_layers in (
+            ("a", 0, 0.0, "mixed_bfloat16", ["decoder/dense_hidden"]),
+            ("b", 0, 1.5, "float32", None), ("c", 3, 0.0, "mixed_bfloat16", [])):
         run = runs[name] = tmp_path / name
         shutil.copytree(out_dir, run, ignore=shutil.ignore_patterns(
             "*.h5", "*.keras", "*.png", "*.gif", "snapshots"))
         config = json.loads((run / "config.json").read_text())
-        config.update(validation_images=20, seed=seed, float32_layers=split_layers)
+        config.update(validation_images=20, seed=seed, precision_used=policy,
+                      float32_layers=split_layers)
+        config["data"]["validation_images"] = 20
         (run / "config.json").write_text(json.dumps(config))
         np.save(run / "validation_scores.npy", scores + shift)
-    lines = compare(str(runs["a"]), str(runs["b"]), split="validation")
+    a, b, c = (str(runs[name]) for name in "abc")
+    lines = compare(a, b, split="validation")
     assert lines[-1] == ("A - B, paired over 20 validation images: -1.50 ± 0.00 nats (the same "
                          "z draws)")
     assert f"validation negative ELBO {scores.mean():.2f}" in lines[0]
     # The split of a 16-bit run is named, since two runs of one policy can differ in it.
-    assert "with decoder/dense_hidden in float32" in lines[0]
+    assert "precision mixed_bfloat16 with decoder/dense_hidden in float32" in lines[0]
+    assert "precision float32," in lines[1] and "in float32" not in lines[1]
+    assert "precision mixed_bfloat16 with no layer in float32" in compare(c, b)[0]
     # Another seed held out other training images; MNIST's test split is the same for both.
     with pytest.raises(CannotCompare, match="the same validation images .*seed 0 against 3"):
-        compare(str(runs["a"]), str(runs["c"]), split="validation")
-    assert compare(str(runs["a"]), str(runs["c"]))[-1].startswith("A - B, paired over")
+        compare(a, c, split="validation")
+    assert compare(a, c)[-1].startswith("A - B, paired over")
+    # So does a class left out of training before they were drawn (data.as_trained).
+    config = json.loads((runs["b"] / "config.json").read_text())
+    (runs["b"] / "config.json").write_text(json.dumps({**config, "holdout_class": 3}))
+    with pytest.raises(CannotCompare, match="holdout_class None against 3"):
+        compare(a, b, split="validation")
+    # A run evaluated before validation_scores.npy was written is told how to write it.
+    (runs["b"] / "validation_scores.npy").unlink()
+    with pytest.raises(CannotCompare, match="evaluated before evaluate.py wrote that file"):
+        compare(a, b, split="validation")
