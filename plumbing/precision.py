@@ -100,9 +100,13 @@ def float32_where_16_bits_lose(model, recorded_layers=None):
     Why that layer: measured, not derived. With it in bf16 too (every Dense layer but the heads),
     the default run of seed 2 ended about half a nat worse than float32, twice; with it in
     float32 and the wide Dense layers in bf16, seeds 0, 1 and 2 ended at float32's level
-    (docs/speed.md, "The default"). It holds (latent_dim + classes) x 128 weights. Its input is
-    not float32 z: the sampling layer computes z under the global policy, so z arrives rounded to
-    bf16 in every split tried; what float32 changes is this layer's own product and gradients.
+    (docs/speed.md, "The default"). Scored on validation images instead, one run with it in bf16
+    came out better than float32 (docs/speed.md, "The candidates on validation images"): single
+    runs of one seed spread that far, so the evidence is weak both ways, and it stays float32
+    because that costs no measurable speed. It holds (latent_dim + classes) x 128 weights. Its
+    input is not float32 z: the sampling layer computes z under the global policy, so z arrives
+    rounded to bf16 in every split tried; what float32 changes is this layer's own product and
+    gradients.
 
     Why the biases: see biases_added_in_float32.
     """
