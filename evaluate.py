@@ -73,7 +73,7 @@ def evaluate_run(model, config, data, run_dir, settings=None):
     then write test_scores.npy (and validation_scores.npy, with a validation split) and
     metrics.json; returns the metrics."""
     from plumbing import run_folder
-    from plumbing.atomic_files import write_atomically, write_json
+    from plumbing.atomic_files import write_json
 
     settings = {**EVALUATION_DEFAULTS, **(settings or {})}
     started = time.perf_counter()
@@ -93,23 +93,28 @@ def evaluate_run(model, config, data, run_dir, settings=None):
         import anomaly
 
         metrics["anomaly"] = anomaly.evaluate_inspection_set(model, inspected, run_dir)
-    if data.whole is not None:  # one score per test image: its patches' mean, as score.py's
-        scores = scores.reshape(len(data.whole.x_test), -1).mean(axis=1)
-    write_atomically(os.path.join(run_dir, run_folder.SCORES_FILE),
-                     lambda temporary: np.save(temporary, scores.astype("float32")))
+    write_image_scores(os.path.join(run_dir, run_folder.SCORES_FILE), scores, data.whole,
+                       "x_test")
     if data.x_val is not None:
         # Each validation image's score too, so that two runs' settings can be compared image
         # by image on the split they are chosen on (benchmarks/paired_runs.py --split=validation).
-        if data.whole is not None:
-            validation_scores = validation_scores.reshape(len(data.whole.x_val), -1).mean(axis=1)
-        write_atomically(os.path.join(run_dir, run_folder.VALIDATION_SCORES_FILE),
-                         lambda temporary: np.save(temporary,
-                                                   validation_scores.astype("float32")))
+        write_image_scores(os.path.join(run_dir, run_folder.VALIDATION_SCORES_FILE),
+                           validation_scores, data.whole, "x_val")
     metrics["eval_seed"] = settings["eval_seed"]  # which z draws test_scores.npy used
     metrics["evaluation_seconds"] = time.perf_counter() - started
     write_json(os.path.join(run_dir, run_folder.METRICS_FILE), metrics)
     print_metrics(metrics)
     return metrics
+
+
+def write_image_scores(path, scores, whole, split):
+    """Save one score per image of split ("x_test", "x_val") as float32 .npy: a patch model's
+    scores (whole: the unpatched data) become each image's patches' mean, as score.py's."""
+    from plumbing.atomic_files import write_atomically
+
+    if whole is not None:
+        scores = scores.reshape(len(getattr(whole, split)), -1).mean(axis=1)
+    write_atomically(path, lambda temporary: np.save(temporary, scores.astype("float32")))
 
 
 # ---- the numbers ---------------------------------------------------------------------------------
