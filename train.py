@@ -102,7 +102,7 @@ def main(argv):
                            likelihood=likelihood, binarize=config["binarize"],
                            kl_warmup_steps=config["kl_warmup_steps"])
         model.kl_warmup_steps = steps["kl_warmup"]
-        float32_layers = run.split_precision(model)  # a few small layers stay float32 in bf16
+        float32_layers, bias_method = run.split_precision(model)  # a few stay float32 in bf16
         run.describe_model(model)  # its layers, parameters and cost
         # The XLA-compiled update cannot run inside tf.distribute's replicas (it would have to
         # sum their gradients inside a nested compiled function, which TensorFlow refuses).
@@ -113,7 +113,7 @@ def main(argv):
             ema_momentum=config["ema_momentum"], weight_decay=config["weight_decay"],
             decayed=wide_dense_kernels(model), variables=model.trainable_variables))
     run.write_config(precision_used=model.dtype_policy.name, float32_layers=float32_layers,
-                     likelihood_used=likelihood)
+                     bias_method=bias_method, likelihood_used=likelihood)
 
     # train; val_* columns measure the validation split, or else only watch the test split
     # (A short run gets a short evaluation: evaluate.scaled_to_run says what it leaves out.)

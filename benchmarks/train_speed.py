@@ -23,16 +23,16 @@ Variants: a precision (float32, mixed_bfloat16, mixed_float16: plumbing/precisio
 "auto"), then +xla to compile the whole step (XLA on TensorFlow, torch.compile on PyTorch; JAX
 always compiles it), +plain for Keras's own optimizer update instead of the fused one (TensorFlow
 only, see plumbing/optimizer.py), +guard for train.py's per-batch NaN check. Under a 16-bit
-precision train.py computes the decoder's layer that reads z and adds every bias in float32
-(plumbing/precision.float32_where_16_bits_lose); +f32dense also computes the other Dense layers in
-float32 (the default of 2026-12-05), +bf16dense keeps the layer that reads z in 16 bits too
-(auto's split before 2026-12-05, never the default; biases still float32), +bf16bias is Keras's
-own mixed precision, float32 only where cvae.py fixes it (the heads, the output layer), and
-+bf16convbias puts the biases of the encoder's three convolutions back in 16 bits, the others
-staying float32 (to time what float32 biases cost on layers whose bias gradients bf16 summed
-accurately, docs/speed.md; never the default). Those four need a 16-bit precision, +bf16dense
-goes with neither +f32dense nor +bf16bias, and +bf16convbias not with +bf16bias: such variants
-are refused, as are misspelt ones.
+precision train.py computes the decoder's layer that reads z in float32 and sums every bias
+gradient in float32 (plumbing/precision.float32_where_16_bits_lose); +f32bias adds the biases in
+float32 instead, as the default did before 2026-12-07; +f32dense also computes the other Dense
+layers in float32 (the default of 2026-12-05), +bf16dense keeps the layer that reads z in 16 bits
+too (auto's split before 2026-12-05, never the default), +bf16bias is Keras's own mixed precision,
+float32 only where cvae.py fixes it (the heads, the output layer: bias gradients summed in bf16),
+and +bf16convbias is +f32bias with the biases of the encoder's three convolutions back in Keras's
+bf16 (to time what float32 biases cost there, docs/speed.md; never the default). Those five need
+a 16-bit precision, +bf16dense goes with neither +f32dense nor +bf16bias, and +bf16convbias and
++f32bias not with +bf16bias: such variants are refused, as are misspelt ones.
 "+keptmem" after a backend runs its process with glibc told to keep freed memory
 (MALLOC_TRIM_THRESHOLD_ and friends): an A/B test of the allocator.
 """
@@ -93,14 +93,14 @@ def build_baseline(latent_dim=2):
 
 # A timed variant names the policy itself: "auto" is whichever of these the machine gets.
 TIMED_PRECISIONS = tuple(precision for precision in PRECISIONS if precision != "auto")
-EXTRAS = ("xla", "plain", "guard", "f32dense", "bf16dense", "bf16bias", "bf16convbias")
+EXTRAS = ("xla", "plain", "guard", "f32dense", "bf16dense", "bf16bias", "bf16convbias", "f32bias")
 # Extras that set the same layers' dtypes two ways (make_project_model would silently let one win),
 # or one that does nothing under the other: either way the variant would be timed under a name
 # that says otherwise.
 CONTRADICTORY_EXTRAS = ({"bf16dense", "f32dense"}, {"bf16dense", "bf16bias"},
-                        {"bf16convbias", "bf16bias"})
+                        {"bf16convbias", "bf16bias"}, {"f32bias", "bf16bias"})
 # Extras that move layers between 16 bits and float32: under float32 they would change nothing.
-SPLIT_EXTRAS = {"f32dense", "bf16dense", "bf16bias", "bf16convbias"}
+SPLIT_EXTRAS = {"f32dense", "bf16dense", "bf16bias", "bf16convbias", "f32bias"}
 
 
 def unknown_variants(variants):
@@ -124,15 +124,17 @@ def make_project_model(variant):
     from cvae import build_cvae
     from plumbing.arrays import MNIST_IMAGE_SHAPE
     from plumbing.optimizer import make_optimizer
-    from plumbing.precision import biases_added_in_float32, float32_where_16_bits_lose
+    from plumbing.precision import BIAS_METHODS, bias_method, float32_where_16_bits_lose
 
     precision, *extras = variant.split("+")
     keras.mixed_precision.set_dtype_policy(precision)
     model = build_cvae(2, MNIST_IMAGE_SHAPE, seed=0)
+    # +f32bias: biases added in float32, the default before 2026-12-07 (+bf16convbias builds on it)
+    method = "float32" if {"f32bias", "bf16convbias"} & set(extras) else None
     if "bf16dense" in extras:  # the layer reading z in bf16 too (never the default)
-        biases_added_in_float32(model)
+        BIAS_METHODS[method or bias_method(model)](model)
     elif "bf16bias" not in extras:  # +bf16bias: Keras's own mixed precision
-        float32_where_16_bits_lose(model)
+        float32_where_16_bits_lose(model, recorded_bias_method=method)
     if "bf16convbias" in extras:  # the encoder's convolutions add their biases in bf16 again
         for layer in model.encoder.layers:
             if isinstance(layer, keras.layers.Conv2D):

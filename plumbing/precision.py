@@ -87,15 +87,17 @@ def gpu_capability(backend):
     return None
 
 
-def float32_where_16_bits_lose(model, recorded_layers=None):
+def float32_where_16_bits_lose(model, recorded_layers=None, recorded_bias_method=None):
     """Under a 16-bit policy, make the decoder's Dense layer that reads z (LAYERS_READING_Z)
-    compute in float32 and every other layer add its bias in float32; the convolutions and the
-    two wide Dense layers stay 16-bit. The encoder's mean and log-variance heads and the output
-    layer are float32 under every policy already (cvae.py). A float32 model is left as it is.
-    recorded_layers: a resumed run's float32_layers (below). Then exactly those of the encoder's
-    and decoder's layers with weights compute in float32 and the rest under the model's policy, so
-    that the run finishes with the split it started with even if this code's or cvae.py's split
-    has changed since. (Layers without weights, and the sampling layer, follow this code.)
+    compute in float32 and every other layer's bias gradient sum in float32 (bias_method); the
+    convolutions and the two wide Dense layers stay 16-bit. The encoder's mean and log-variance
+    heads and the output layer are float32 under every policy already (cvae.py). Returns the
+    bias method applied, for config.json; a float32 model is left as it is (None).
+    recorded_layers, recorded_bias_method: a resumed run's float32_layers (below) and bias_method.
+    Then exactly those of the encoder's and decoder's layers with weights compute in float32 and
+    the rest under the model's policy, and the biases are treated as they were, so that the run
+    finishes with the split it started with even if this code's or cvae.py's split has changed
+    since. (Layers without weights, and the sampling layer, follow this code.)
 
     Why that layer: measured, not derived. With it in bf16 too (every Dense layer but the heads),
     the default run of seed 2 ended about half a nat worse than float32, twice; with it in
@@ -108,8 +110,10 @@ def float32_where_16_bits_lose(model, recorded_layers=None):
     rounded to bf16 in every split tried; what float32 changes is this layer's own product and
     gradients.
 
-    Why the biases: see biases_added_in_float32.
+    Why the biases: see bias_gradients_summed_in_float32.
     """
+    if model.dtype_policy.compute_dtype == "float32":
+        return None
     if recorded_layers is not None:
         for name, layer in layers_with_weights(model).items():
             layer.dtype_policy = "float32" if name in recorded_layers else model.dtype_policy
@@ -117,7 +121,22 @@ def float32_where_16_bits_lose(model, recorded_layers=None):
         for layer in model.decoder.layers:
             if layer.name in LAYERS_READING_Z and layer.compute_dtype != "float32":
                 layer.dtype_policy = "float32"
-    biases_added_in_float32(model)
+    method = recorded_bias_method or bias_method(model, resumed=recorded_layers is not None)
+    BIAS_METHODS[method](model)
+    return method
+
+
+def bias_method(model, resumed=False):
+    """How a 16-bit model's biases keep their gradients summed in float32 (BIAS_METHODS):
+    "bf16_summed_in_float32" for bf16 on TensorFlow (the faster, measured in docs/speed.md);
+    "float32" for float16, for other backends (where reduce_sum's accumulation was not checked)
+    and for a run resumed without a recorded method (it started before the faster existed)."""
+    import keras
+
+    if (not resumed and keras.backend.backend() == "tensorflow"
+            and model.dtype_policy.compute_dtype == "bfloat16"):
+        return "bf16_summed_in_float32"
+    return "float32"
 
 
 def unknown_recorded_layers(model, recorded_layers):
@@ -149,22 +168,88 @@ def layers_with_weights(model):
 
 def biases_added_in_float32(model):
     """Make every layer of model's encoder and decoder that computes in a 16-bit float read its
-    bias as float32, so that the bias is added, and its gradient summed, in float32.
+    bias as float32, so that the bias is added, and its gradient summed, in float32: the bias
+    method of mixed_float16, of bf16 off TensorFlow, and of bf16 runs started before 2026-12-07
+    (BIAS_METHODS). Why a bias gradient must not be summed in 16 bits: see
+    bias_gradients_summed_in_float32.
 
-    Why: a bias's gradient is the sum of the gradient over the batch and every pixel, tens of
-    thousands of terms that TensorFlow sums in bf16 under Keras's mixed_bfloat16, which cannot
-    count past 256: the transposed convolutions' bias gradients came out wrong by more than their
-    own size (benchmarks/bf16_error.py; the numbers in docs/speed.md). With the bias in float32
-    the layer's output is float32, and its gradient is summed in float32; the next layer casts
-    its input back to 16 bits, so the convolutions keep their speed. Kernels are unaffected.
+    With the bias in float32 the layer's output is float32 too, and the next layer casts it back
+    to 16 bits: two passes over each full-size activation in float32 that cost bf16 about an
+    eighth of its speed on a CPU (docs/speed.md), which bias_gradients_summed_in_float32 avoids.
 
     Keras decides whether a weight is cast to the compute dtype when the weight is created
     (add_weight(autocast=...)), inside each built-in layer's build(); the flag it keeps is set
     here afterwards rather than by replacing the built-in layers with subclasses, so that the
     saved models stay plain Keras. A float32 model is left as it is.
     """
-    for part in (model.encoder, model.decoder):
-        for layer in part.layers:
-            bias = getattr(layer, "bias", None)
-            if bias is not None and layer.compute_dtype != "float32":
-                bias._autocast = False
+    for layer in layers_with_16_bit_biases(model):
+        layer.bias._autocast = False
+
+
+def bias_gradients_summed_in_float32(model):
+    """TensorFlow, bf16: each 16-bit layer of model's encoder and decoder adds its bias in bf16,
+    as Keras does, but its bias gradient is summed by a kernel that accumulates in float32.
+
+    Why: a bias's gradient is the sum of the layer's output gradient over the batch and every
+    pixel, tens of thousands of terms. Keras adds a bias with tf.nn.bias_add, whose gradient
+    kernel (BiasAddGrad) accumulates a bf16 sum in bf16, which cannot count past 256: an all-ones
+    gradient over 6,384 positions comes out as 512, and under Keras's mixed_bfloat16 the
+    transposed convolutions' bias gradients came out wrong by more than their own size
+    (benchmarks/bf16_error.py; docs/speed.md). tf.reduce_sum accumulates bf16 in float32 and
+    rounds once, at the end. So the bias add here keeps bias_add's forward pass (bf16, which
+    oneDNN fuses with the convolution) and replaces only its gradient, the sum, by reduce_sum's.
+    The gradient then matches biases_added_in_float32's to bf16's rounding, without its float32
+    activations.
+
+    The replacement is made on each layer object (its call), not by subclassing: the saved model
+    is a float32 copy built from cvae.py (saved_run.py), in which no layer is replaced.
+    """
+    for layer in layers_with_16_bit_biases(model):
+        layer.call = _call_with_float32_bias_gradient(layer, layer.call)
+
+
+def _call_with_float32_bias_gradient(layer, built_in_call):
+    """layer's call, its bias added by _add_bias_summing_gradient_in_float32. The layer's own
+    call computes its product, with the bias and the activation set aside for the moment (Keras's
+    convolutions check use_bias before adding the bias, its Dense layer checks bias)."""
+    def call(inputs, *args, **kwargs):
+        kept = {name: getattr(layer, name) for name in ("bias", "use_bias", "activation")}
+        layer.bias, layer.use_bias, layer.activation = None, False, None
+        try:
+            outputs = built_in_call(inputs, *args, **kwargs)
+        finally:
+            for name, value in kept.items():
+                setattr(layer, name, value)
+        outputs = _add_bias_summing_gradient_in_float32(outputs, kept["bias"].value)
+        activation = kept["activation"]
+        return outputs if activation is None else activation(outputs)
+
+    return call
+
+
+def _add_bias_summing_gradient_in_float32(outputs, bias):
+    """tf.nn.bias_add(outputs, bias) in outputs' dtype; the bias's gradient summed by
+    tf.reduce_sum (float32 accumulation) instead of BiasAddGrad (see
+    bias_gradients_summed_in_float32)."""
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def add(outputs, bias):
+        def gradient(upstream):
+            summed = tf.reduce_sum(upstream, axis=list(range(len(upstream.shape) - 1)))
+            return upstream, tf.cast(summed, bias.dtype)
+
+        return tf.nn.bias_add(outputs, tf.cast(bias, outputs.dtype)), gradient
+
+    return add(outputs, bias)
+
+
+def layers_with_16_bit_biases(model):
+    """The layers of model's encoder and decoder that have a bias and compute in 16 bits."""
+    return [layer for part in (model.encoder, model.decoder) for layer in part.layers
+            if getattr(layer, "bias", None) is not None and layer.compute_dtype != "float32"]
+
+
+# A bias method's name, as config.json records it, and the function that applies it.
+BIAS_METHODS = {"float32": biases_added_in_float32,
+                "bf16_summed_in_float32": bias_gradients_summed_in_float32}

@@ -101,9 +101,10 @@ class TrainingRun:
         keras.mixed_precision.set_dtype_policy(policy)
 
     def split_precision(self, model):
-        """Keep in float32 the few layers that lose under a 16-bit policy (the split a resumed
-        run recorded, else precision.float32_where_16_bits_lose's), and say which and why.
-        Returns their names, for config.json (None under float32)."""
+        """Keep in float32 the few layers that lose under a 16-bit policy, and sum the bias
+        gradients in float32 (the split and bias method a resumed run recorded, else
+        precision.float32_where_16_bits_lose's), and say which and why. Returns (their names,
+        the bias method), for config.json (None, None under float32)."""
         recorded = self.recorded("float32_layers")
         unknown = (precision.unknown_recorded_layers(model, recorded)
                    if recorded is not None else [])
@@ -112,14 +113,25 @@ class TrainingRun:
                              f"cannot resume with the bf16/float32 split it started with. Restore "
                              f"the list it was written with, or pass --overwrite=True to train "
                              f"it again from scratch.")
-        precision.float32_where_16_bits_lose(model, recorded)
+        recorded_method = self.recorded("bias_method")
+        require(recorded_method is None or recorded_method in precision.BIAS_METHODS,
+                f"{self.path(run_folder.CONFIG_FILE)!r} records bias_method="
+                f"{recorded_method!r}, which this code does not know (it knows "
+                f"{', '.join(precision.BIAS_METHODS)}), so the run cannot resume as it started. "
+                f"Restore the value it was written with, or pass --overwrite=True to train it "
+                f"again from scratch.")
+        method = precision.float32_where_16_bits_lose(model, recorded, recorded_method)
         float32_names = precision.float32_layers(model)
-        kept = (f"; in float32: {', '.join(float32_names)} and every bias (plumbing/precision.py "
-                f"says why)" if float32_names is not None else "")
+        kept = ""
+        if float32_names is not None:
+            biases = ("each bias added in bf16 and its gradient summed in float32"
+                      if method == "bf16_summed_in_float32" else "every bias")
+            kept = (f"; in float32: {', '.join(float32_names)}; {biases} (plumbing/precision.py "
+                    f"says why)")
         why = self.precision_why
         chosen = f"chosen by {why}" if self.config["precision"] == "auto" else why
         print(f"Precision: {model.dtype_policy.name}{kept}, {chosen}.")
-        return float32_names
+        return float32_names, method
 
     def describe_model(self, model):
         """Print the encoder's and decoder's layers, their parameter count and the cost of a
@@ -158,7 +170,7 @@ class TrainingRun:
 
     def write_config(self, **resolved):
         """config.json: the hyperparameters, what "auto" settings resolved to (precision_used,
-        float32_layers, likelihood_used), and the versions of the libraries."""
+        float32_layers, bias_method, likelihood_used), and the versions of the libraries."""
         self.config.update(resolved)  # what the run's model is built from when it is saved
         write_json(self.path(run_folder.CONFIG_FILE), {**self.config, "versions": versions()})
 
