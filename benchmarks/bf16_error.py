@@ -18,10 +18,11 @@ measures arithmetic, not generalization, and never touches the test split):
 The plans: every group bf16 (Keras's mixed_bfloat16; the heads and the output layer stay float32
 in every plan, see cvae.py), then each group alone in bf16: the encoder's convolutions, the
 decoder's transposed convolutions, the two wide Dense layers, and the decoder's first Dense layer,
-which reads z; last, every group in bf16 with the biases added in float32
-(plumbing/precision.biases_added_in_float32; train.py also keeps the layer that reads z in
-float32). With --per_weight, the gradient error of every weight under the plans that put every
-group in bf16. TensorFlow backend.
+which reads z; last, every group in bf16 with each of the two bias methods of
+plumbing/precision.BIAS_METHODS: the biases added in float32, then added in bf16 with only their
+gradients summed in float32 (train.py also keeps the layer that reads z in float32). With
+--per_weight, the gradient error of every weight under the plans that put every group in bf16.
+TensorFlow backend.
 """
 
 import argparse
@@ -40,8 +41,11 @@ GROUPS = {
 }
 PLANS = {"float32": (), "mixed_bfloat16 (every group)": tuple(GROUPS),
          **{f"{group} only": (group,) for group in GROUPS},
-         "every group, biases float32": tuple(GROUPS)}
-FLOAT32_BIASES = "every group, biases float32"  # biases_added_in_float32 alone
+         "every group, biases float32": tuple(GROUPS),
+         "every group, bias gradients float32": tuple(GROUPS)}
+# The two bias methods of plumbing/precision.BIAS_METHODS, each alone.
+BIAS_PLANS = {"every group, biases float32": "float32",
+              "every group, bias gradients float32": "bf16_summed_in_float32"}
 
 
 def layers_of(model, group):
@@ -62,7 +66,7 @@ def set_plan(model, plan):
     """Every layer float32, then the plan's groups bf16 (compute only; weights stay float32)."""
     import keras
 
-    from plumbing.precision import biases_added_in_float32
+    from plumbing.precision import BIAS_METHODS
 
     for part in (model.encoder, model.decoder):
         for layer in part.layers:
@@ -70,11 +74,12 @@ def set_plan(model, plan):
                 layer.dtype_policy = keras.DTypePolicy("float32")
                 if getattr(layer, "bias", None) is not None:
                     layer.bias._autocast = True  # Keras's default: cast with the layer
+                    vars(layer).pop("call", None)  # a bias method's call, from an earlier plan
     for group in PLANS[plan]:
         for layer in layers_of(model, group):
             layer.dtype_policy = keras.DTypePolicy("mixed_bfloat16")
-    if plan == FLOAT32_BIASES:
-        biases_added_in_float32(model)
+    if plan in BIAS_PLANS:
+        BIAS_METHODS[BIAS_PLANS[plan]](model)
 
 
 def main():

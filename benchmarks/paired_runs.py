@@ -128,6 +128,8 @@ def describe(label, run_dir, config, metrics, mean, split="test"):
     split_layers = config.get("float32_layers")
     if split_layers is not None:
         precision += f" with {', '.join(split_layers) or 'no layer'} in float32"
+        # Runs from before bias_method was recorded added their biases in float32.
+        precision += f", biases {config.get('bias_method') or 'float32'}"
     return (f"{label} {run_dir}: {split} negative ELBO {mean:.2f} (seed {config.get('seed')}, "
             f"precision {precision}, eval_seed {metrics.get('eval_seed', 0)})")
 

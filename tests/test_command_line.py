@@ -68,14 +68,17 @@ def test_help_lists_every_setting_with_its_default_and_comment_without_loading_k
 def test_the_speed_benchmark_refuses_a_misspelt_or_contradictory_variant_before_timing_anything():
     # Unrefused, "+f32dens" would time plain mixed_bfloat16 under a name that says otherwise, and
     # "+bf16dense+f32dense" would time whichever of the two make_project_model applies last,
-    # "float32+bf16dense" plain float32, and "+bf16convbias+bf16bias" plain +bf16bias.
+    # "float32+bf16dense" plain float32, and "+bf16convbias+bf16bias" or "+f32bias+bf16bias"
+    # plain +bf16bias.
     result = run_for_help("benchmarks/train_speed.py",
                           "--variants=float32,mixed_bfloat16+f32dens,bfloat16,mixed_bfloat16+xla,"
                           "mixed_bfloat16+bf16dense+f32dense,auto,float32+xla,float32+bf16dense,"
-                          "mixed_bfloat16+bf16convbias,mixed_bfloat16+bf16convbias+bf16bias")
+                          "mixed_bfloat16+bf16convbias,mixed_bfloat16+bf16convbias+bf16bias,"
+                          "mixed_bfloat16+f32bias,mixed_bfloat16+f32bias+bf16bias,float32+f32bias")
     assert result.stderr.strip().splitlines()[-1] == "exit 2 heavy []", result.stderr[-2000:]
     assert ("mixed_bfloat16+f32dens, bfloat16, mixed_bfloat16+bf16dense+f32dense, auto, "
-            "float32+bf16dense, mixed_bfloat16+bf16convbias+bf16bias: not a variant"
+            "float32+bf16dense, mixed_bfloat16+bf16convbias+bf16bias, "
+            "mixed_bfloat16+f32bias+bf16bias, float32+f32bias: not a variant"
             ) in " ".join(result.stderr.split())
 
 

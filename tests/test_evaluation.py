@@ -219,15 +219,15 @@ def test_paired_runs_pairs_validation_scores_of_runs_that_held_out_the_same_imag
         compare(str(out_dir), str(out_dir), split="validation")
     scores = np.random.default_rng(1).normal(100.0, 10.0, size=20)
     runs = {}
-    for name, seed, shift, policy, split_layers in (
-            ("a", 0, 0.0, "mixed_bfloat16", ["decoder/dense_hidden"]),
-            ("b", 0, 1.5, "float32", None), ("c", 3, 0.0, "mixed_bfloat16", [])):
+    for name, seed, shift, policy, split_layers, bias_method in (
+            ("a", 0, 0.0, "mixed_bfloat16", ["decoder/dense_hidden"], "bf16_summed_in_float32"),
+            ("b", 0, 1.5, "float32", None, None), ("c", 3, 0.0, "mixed_bfloat16", [], None)):
         run = runs[name] = tmp_path / name
         shutil.copytree(out_dir, run, ignore=shutil.ignore_patterns(
             "*.h5", "*.keras", "*.png", "*.gif", "snapshots"))
         config = json.loads((run / "config.json").read_text())
         config.update(validation_images=20, seed=seed, precision_used=policy,
-                      float32_layers=split_layers)
+                      float32_layers=split_layers, bias_method=bias_method)
         config["data"]["validation_images"] = 20
         (run / "config.json").write_text(json.dumps(config))
         np.save(run / "validation_scores.npy", scores + shift)
@@ -237,9 +237,12 @@ def test_paired_runs_pairs_validation_scores_of_runs_that_held_out_the_same_imag
                          "z draws)")
     assert f"validation negative ELBO {scores.mean():.2f}" in lines[0]
     # The split of a 16-bit run is named, since two runs of one policy can differ in it.
-    assert "precision mixed_bfloat16 with decoder/dense_hidden in float32" in lines[0]
+    assert ("precision mixed_bfloat16 with decoder/dense_hidden in float32, biases "
+            "bf16_summed_in_float32" in lines[0])
     assert "precision float32," in lines[1] and "in float32" not in lines[1]
-    assert "precision mixed_bfloat16 with no layer in float32" in compare(c, b)[0]
+    # A run from before bias_method was recorded added its biases in float32.
+    assert ("precision mixed_bfloat16 with no layer in float32, biases float32"
+            in compare(c, b)[0])
     # Another seed held out other training images; MNIST's test split is the same for both.
     with pytest.raises(CannotCompare, match="the same validation images .*seed 0 against 3"):
         compare(a, c, split="validation")

@@ -155,6 +155,10 @@ def test_a_resumed_bf16_run_keeps_the_float32_layers_its_config_recorded(tmp_pat
     config = json.loads(config_path.read_text())
     assert "decoder/dense_hidden" in config["float32_layers"]
     assert "decoder/dense_unflatten" not in config["float32_layers"]
+    import keras
+
+    assert config["bias_method"] == ("bf16_summed_in_float32"
+                                     if keras.backend.backend() == "tensorflow" else "float32")
 
     # A record this model cannot follow (a renamed layer): one paragraph, the run left as it was.
     config_path.write_text(json.dumps({**config, "float32_layers": ["decoder/dense_hiden"]}))
@@ -164,11 +168,23 @@ def test_a_resumed_bf16_run_keeps_the_float32_layers_its_config_recorded(tmp_pat
             in " ".join(result.stderr.split())), result.stderr[-2000:]
     assert read_epochs(out_dir) == [0]
 
+    # Likewise a bias method this code does not know.
+    config_path.write_text(json.dumps({**config, "bias_method": "bf16"}))
+    result = run_script("train.py", *arguments)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "records bias_method='bf16', which this code does not know" in " ".join(
+        result.stderr.split()), result.stderr[-2000:]
+    assert read_epochs(out_dir) == [0]
+
+    # A run started before bias_method was recorded added its biases in float32: it resumes so.
     older_split = sorted(config["float32_layers"] + ["decoder/dense_unflatten"])
-    config_path.write_text(json.dumps({**config, "float32_layers": older_split}))
+    older = {key: value for key, value in config.items() if key != "bias_method"}
+    config_path.write_text(json.dumps({**older, "float32_layers": older_split}))
     result = run_script("train.py", *arguments)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "1 epoch(s) already done" in result.stdout
     logged = next(line for line in result.stdout.splitlines() if line.startswith("Precision:"))
-    assert "decoder/dense_unflatten" in logged, logged
-    assert sorted(json.loads(config_path.read_text())["float32_layers"]) == older_split
+    assert "decoder/dense_unflatten" in logged and "every bias" in logged, logged
+    resumed = json.loads(config_path.read_text())
+    assert sorted(resumed["float32_layers"]) == older_split
+    assert resumed["bias_method"] == "float32"

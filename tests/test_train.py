@@ -39,6 +39,7 @@ def test_two_epochs_on_a_small_file_write_the_whole_run(finished_run):
     assert config["precision"] == "auto" and config["precision_used"] == policy
     assert f"Precision: {policy}" in result.stdout and why in result.stdout
     assert (config["float32_layers"] is None) == (policy == "float32")
+    assert config["bias_method"] == (None if policy == "float32" else "bf16_summed_in_float32")
 
     with open(out_dir / "history.csv") as f:
         rows = list(csv.DictReader(f))

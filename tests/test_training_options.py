@@ -210,7 +210,7 @@ def test_under_a_16_bit_policy_the_convolutions_and_wide_dense_layers_compute_in
         model = build_cvae(2, (28, 28, 1), seed=0)
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
-    float32_where_16_bits_lose(model)
+    method = float32_where_16_bits_lose(model)
     computed = {f"{part.name}/{layer.name}": layer.compute_dtype
                 for part in (model.encoder, model.decoder) for layer in part.layers
                 if layer.weights}
@@ -222,8 +222,13 @@ def test_under_a_16_bit_policy_the_convolutions_and_wide_dense_layers_compute_in
         "decoder/dense_unflatten": sixteen, "decoder/deconv_1": sixteen,
         "decoder/deconv_2": sixteen, "decoder/deconv_3": sixteen,
         "decoder/pixel_probabilities": "float32"}
-    # The variables stay float32 either way, and a 16-bit Dense layer's output is float32, its
-    # bias added in float32 (biases_added_in_float32), although its input is 16-bit.
+    # How the biases keep their gradients summed in float32 (precision.bias_method): on
+    # TensorFlow, bf16 layers add them in bf16 and only the gradient sums in float32; elsewhere
+    # the bias is added in float32, which makes a 16-bit layer's output float32.
+    on_tensorflow = keras.backend.backend() == "tensorflow"
+    assert method == (None if policy == "float32" else
+                      "bf16_summed_in_float32" if on_tensorflow else "float32")
+    # The variables stay float32 either way.
     assert {variable.dtype for variable in model.trainable_variables} == {"float32"}
     x = np.random.default_rng(0).random((2, 28, 28, 1)).astype("float32")
     features = model.encoder.get_layer("flatten")
@@ -231,7 +236,8 @@ def test_under_a_16_bit_policy_the_convolutions_and_wide_dense_layers_compute_in
     probe = keras.Model(model.encoder.input, [features.output, hidden.output])
     flat, h = probe(x)
     assert keras.backend.standardize_dtype(flat.dtype) == sixteen
-    assert keras.backend.standardize_dtype(h.dtype) == "float32"
+    assert keras.backend.standardize_dtype(h.dtype) == ("float32" if method == "float32"
+                                                         else sixteen)
     # The conditional decoder's first Dense layer reads z and the class: the same layer, by name.
     keras.mixed_precision.set_dtype_policy(policy)
     try:
@@ -268,15 +274,21 @@ def test_a_resumed_run_keeps_the_float32_layers_it_recorded_not_this_codes_split
                    "decoder/pixel_probabilities"]
     resumed = built_under_bf16()
     assert unknown_recorded_layers(resumed, every_dense) == []
-    float32_where_16_bits_lose(resumed, recorded_layers=every_dense)
+    # Such a run recorded no bias_method: it started with its biases added in float32, and
+    # finishes so.
+    assert float32_where_16_bits_lose(resumed, recorded_layers=every_dense) == "float32"
     assert float32_layers(resumed) == every_dense
+    assert not resumed.encoder.get_layer("conv_1").bias._autocast
     assert resumed.encoder.get_layer("conv_1").compute_dtype == "bfloat16"
     # Exactly the recorded layers, matched with their part: a layer cvae.py or this code keeps
     # in float32 today, unrecorded, computes in bf16, as it did when the run started.
     other_split = ["encoder/z_mean", "decoder/dense_unflatten"]
     resumed = built_under_bf16()
-    float32_where_16_bits_lose(resumed, recorded_layers=other_split)
+    assert float32_where_16_bits_lose(resumed, recorded_layers=other_split,
+                                      recorded_bias_method="bf16_summed_in_float32") == (
+        "bf16_summed_in_float32")
     assert float32_layers(resumed) == other_split
+    assert resumed.encoder.get_layer("conv_1").bias._autocast
     # A recorded name this model lacks (a renamed layer, a hand edit) is found, to be refused.
     assert unknown_recorded_layers(resumed, ["decoder/dense_hiden", "encoder/z_mean"]) == [
         "decoder/dense_hiden"]
@@ -310,6 +322,51 @@ def test_under_mixed_bfloat16_a_bias_gradient_is_summed_in_float32():
     positive = np.sum(output.numpy() > 0, axis=(0, 1, 2))
     assert positive.max() > 2000
     np.testing.assert_array_equal(gradient, positive)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                    reason="the bf16 bias add with a float32 gradient sum is TensorFlow's")
+def test_under_bf16_on_tensorflow_a_bias_is_added_in_bf16_its_gradient_summed_in_float32():
+    # bias_gradients_summed_in_float32, the default under bf16 since 2026-12-07: each layer's
+    # output is exactly Keras's own mixed_bfloat16 output, and its bias gradient is the float32
+    # sum rounded once to bf16, where Keras's own (BiasAddGrad) loses the count.
+    import tensorflow as tf
+
+    from plumbing.precision import bias_gradients_summed_in_float32
+
+    def built_under_bf16():
+        keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+        try:
+            return build_cvae(2, (28, 28, 1), seed=0)
+        finally:
+            keras.mixed_precision.set_dtype_policy("float32")
+
+    model, keras_own = built_under_bf16(), built_under_bf16()
+    keras_own.set_weights(model.get_weights())
+    bias_gradients_summed_in_float32(model)
+    rng = np.random.default_rng(0)
+    for part, name, positions_at_least in (("decoder", "deconv_1", 2000),
+                                           ("decoder", "dense_unflatten", 10),
+                                           ("encoder", "conv_2", 2000)):
+        layer, plain = (getattr(m, part).get_layer(name) for m in (model, keras_own))
+        plain.bias.assign(rng.normal(0, 0.1, plain.bias.shape))  # a bias that is not zero
+        layer.bias.assign(plain.bias.value)
+        x = rng.standard_normal((16,) + tuple(layer.input.shape[1:])).astype("float32")
+        gradients, outputs = [], []
+        for each in (layer, plain):
+            with tf.GradientTape() as tape:
+                output = each(x)
+                loss = tf.reduce_sum(tf.cast(output, "float32"))
+            gradients.append(tape.gradient(loss, each.bias).numpy())
+            outputs.append(output.numpy())
+        assert outputs[0].dtype == outputs[1].dtype == tf.bfloat16.as_numpy_dtype
+        np.testing.assert_array_equal(outputs[0], outputs[1])  # Keras's own forward pass
+        # The layers end in a ReLU: an all-ones gradient sums to the count of positive outputs.
+        positive = np.sum(outputs[0].astype("float32") > 0, axis=tuple(range(x.ndim - 1)))
+        assert positive.max() >= positions_at_least
+        np.testing.assert_allclose(gradients[0], positive, rtol=2**-8)  # bf16's rounding, once
+        if positions_at_least > 256:  # past what a bf16 accumulator can count
+            assert np.max(np.abs(gradients[1] - positive) / positive) > 0.5
 
 
 def test_the_cpu_flags_are_read_from_proc_cpuinfo(monkeypatch, tmp_path):
