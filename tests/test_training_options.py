@@ -249,6 +249,15 @@ def test_under_a_16_bit_policy_the_convolutions_and_wide_dense_layers_compute_in
             if layer.name in ("dense_hidden", "dense_unflatten")] == ["float32", sixteen]
 
 
+def article_model_under_bf16():
+    """The article's model built under Keras's mixed_bfloat16, the global policy restored after."""
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    try:
+        return build_cvae(2, (28, 28, 1), seed=0)
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+
+
 def test_a_resumed_run_keeps_the_float32_layers_it_recorded_not_this_codes_split():
     # config.json records the split (float32_layers); a run started under 2026-12-05's split,
     # every Dense layer in float32, resumes with it, not with today's.
@@ -258,21 +267,14 @@ def test_a_resumed_run_keeps_the_float32_layers_it_recorded_not_this_codes_split
         unknown_recorded_layers,
     )
 
-    def built_under_bf16():
-        keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
-        try:
-            return build_cvae(2, (28, 28, 1), seed=0)
-        finally:
-            keras.mixed_precision.set_dtype_policy("float32")
-
-    todays = built_under_bf16()
+    todays = article_model_under_bf16()
     float32_where_16_bits_lose(todays)
     assert float32_layers(todays) == ["encoder/z_mean", "encoder/z_log_var",
                                       "decoder/dense_hidden", "decoder/pixel_probabilities"]
     every_dense = ["encoder/dense_hidden", "encoder/z_mean", "encoder/z_log_var",
                    "decoder/dense_hidden", "decoder/dense_unflatten",
                    "decoder/pixel_probabilities"]
-    resumed = built_under_bf16()
+    resumed = article_model_under_bf16()
     assert unknown_recorded_layers(resumed, every_dense) == []
     # Such a run recorded no bias_method: it started with its biases added in float32, and
     # finishes so.
@@ -283,7 +285,7 @@ def test_a_resumed_run_keeps_the_float32_layers_it_recorded_not_this_codes_split
     # Exactly the recorded layers, matched with their part: a layer cvae.py or this code keeps
     # in float32 today, unrecorded, computes in bf16, as it did when the run started.
     other_split = ["encoder/z_mean", "decoder/dense_unflatten"]
-    resumed = built_under_bf16()
+    resumed = article_model_under_bf16()
     assert float32_where_16_bits_lose(resumed, recorded_layers=other_split,
                                       recorded_bias_method="bf16_summed_in_float32") == (
         "bf16_summed_in_float32")
@@ -306,11 +308,7 @@ def test_under_mixed_bfloat16_a_bias_gradient_is_summed_in_float32():
 
     from plumbing.precision import biases_added_in_float32
 
-    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
-    try:
-        model = build_cvae(2, (28, 28, 1), seed=0)
-    finally:
-        keras.mixed_precision.set_dtype_policy("float32")
+    model = article_model_under_bf16()
     biases_added_in_float32(model)
     layer = model.decoder.get_layer("deconv_1")
     assert layer.compute_dtype == "bfloat16"  # the convolution itself keeps bf16's speed
@@ -334,14 +332,7 @@ def test_under_bf16_on_tensorflow_a_bias_is_added_in_bf16_its_gradient_summed_in
 
     from plumbing.precision import bias_gradients_summed_in_float32
 
-    def built_under_bf16():
-        keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
-        try:
-            return build_cvae(2, (28, 28, 1), seed=0)
-        finally:
-            keras.mixed_precision.set_dtype_policy("float32")
-
-    model, keras_own = built_under_bf16(), built_under_bf16()
+    model, keras_own = article_model_under_bf16(), article_model_under_bf16()
     keras_own.set_weights(model.get_weights())
     bias_gradients_summed_in_float32(model)
     rng = np.random.default_rng(0)
