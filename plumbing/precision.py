@@ -130,13 +130,27 @@ def bias_method(model, resumed=False):
     """How a 16-bit model's biases keep their gradients summed in float32 (BIAS_METHODS):
     "bf16_summed_in_float32" for bf16 on TensorFlow (the faster, measured in docs/speed.md);
     "float32" for float16, for other backends (where reduce_sum's accumulation was not checked)
-    and for a run resumed without a recorded method (it started before the faster existed)."""
-    import keras
-
-    if (not resumed and keras.backend.backend() == "tensorflow"
-            and model.dtype_policy.compute_dtype == "bfloat16"):
+    and for a resumed run that recorded its float32_layers but no method (it started before the
+    faster existed, with float32 biases). A run older still, which recorded neither, resumes
+    with this code's split and method, as docs/speed.md says."""
+    if not resumed and why_bias_method_cannot_run(model, "bf16_summed_in_float32") is None:
         return "bf16_summed_in_float32"
     return "float32"
+
+
+def why_bias_method_cannot_run(model, method):
+    """None if method (a BIAS_METHODS name, or None) can run on this backend and model's
+    policy; else where it can run, for an error message. bias_gradients_summed_in_float32 is
+    written with TensorFlow's ops for bf16's BiasAddGrad; on another backend, or for a run
+    resumed under another policy, it would not run or would not be what was recorded."""
+    import keras
+
+    if method != "bf16_summed_in_float32" or model.dtype_policy.compute_dtype == "float32":
+        return None  # a float32 model has no 16-bit biases to treat
+    if keras.backend.backend() == "tensorflow" and model.dtype_policy.compute_dtype == "bfloat16":
+        return None
+    return (f"on TensorFlow under a bf16 policy (this is {keras.backend.backend()} under "
+            f"{model.dtype_policy.name})")
 
 
 def unknown_recorded_layers(model, recorded_layers):
@@ -169,8 +183,9 @@ def layers_with_weights(model):
 def biases_added_in_float32(model):
     """Make every layer of model's encoder and decoder that computes in a 16-bit float read its
     bias as float32, so that the bias is added, and its gradient summed, in float32: the bias
-    method of mixed_float16, of bf16 off TensorFlow, and of bf16 runs started before 2026-12-07
-    (BIAS_METHODS). Why a bias gradient must not be summed in 16 bits: see
+    method of mixed_float16, of bf16 off TensorFlow, of bf16 runs started before 2026-12-07 that
+    recorded their float32_layers (bias_method), and of channels_first convolutions under
+    bias_gradients_summed_in_float32. Why a bias gradient must not be summed in 16 bits: see
     bias_gradients_summed_in_float32.
 
     With the bias in float32 the layer's output is float32 too, and the next layer casts it back
@@ -202,10 +217,18 @@ def bias_gradients_summed_in_float32(model):
     activations.
 
     The replacement is made on each layer object (its call), not by subclassing: the saved model
-    is a float32 copy built from cvae.py (saved_run.py), in which no layer is replaced.
+    is a float32 copy built from cvae.py (saved_run.py), in which no layer is replaced. The
+    replaced call sets the layer's bias aside while the built-in call runs, so a layer must not
+    be called from two threads at once (Keras traces a layer once per replica, one at a time); a
+    layer already replaced is left as it is, so applying this twice changes nothing. The sum runs
+    over every axis but the last, channels_last's channel axis: a convolution with channels_first
+    (a keras.json setting) adds its bias in float32 instead (biases_added_in_float32).
     """
     for layer in layers_with_16_bit_biases(model):
-        layer.call = _call_with_float32_bias_gradient(layer, layer.call)
+        if getattr(layer, "data_format", "channels_last") != "channels_last":
+            layer.bias._autocast = False
+        elif "call" not in vars(layer):
+            layer.call = _call_with_float32_bias_gradient(layer, layer.call)
 
 
 def _call_with_float32_bias_gradient(layer, built_in_call):

@@ -114,20 +114,28 @@ class TrainingRun:
                              f"the list it was written with, or pass --overwrite=True to train "
                              f"it again from scratch.")
         recorded_method = self.recorded("bias_method")
-        require(recorded_method is None or recorded_method in precision.BIAS_METHODS,
+        require(recorded_method is None or (isinstance(recorded_method, str)
+                                            and recorded_method in precision.BIAS_METHODS),
                 f"{self.path(run_folder.CONFIG_FILE)!r} records bias_method="
                 f"{recorded_method!r}, which this code does not know (it knows "
                 f"{', '.join(precision.BIAS_METHODS)}), so the run cannot resume as it started. "
                 f"Restore the value it was written with, or pass --overwrite=True to train it "
                 f"again from scratch.")
+        unfit = precision.why_bias_method_cannot_run(model, recorded_method)
+        require(unfit is None,
+                f"{self.path(run_folder.CONFIG_FILE)!r} records bias_method="
+                f"{recorded_method!r}, which runs only {unfit}, so the run cannot resume as it "
+                f"started here. Resume it with KERAS_BACKEND=tensorflow and the precision it "
+                f"recorded ({self.recorded('precision_used')}), or pass --overwrite=True to "
+                f"train it again from scratch.")
         method = precision.float32_where_16_bits_lose(model, recorded, recorded_method)
         float32_names = precision.float32_layers(model)
         kept = ""
         if float32_names is not None:
             biases = ("each bias added in bf16 and its gradient summed in float32"
-                      if method == "bf16_summed_in_float32" else "every bias")
-            kept = (f"; in float32: {', '.join(float32_names)}; {biases} (plumbing/precision.py "
-                    f"says why)")
+                      if method == "bf16_summed_in_float32" else "every bias in float32")
+            layers = f"in float32: {', '.join(float32_names)}; " if float32_names else ""
+            kept = f"; {layers}{biases} (plumbing/precision.py says why)"
         why = self.precision_why
         chosen = f"chosen by {why}" if self.config["precision"] == "auto" else why
         print(f"Precision: {model.dtype_policy.name}{kept}, {chosen}.")

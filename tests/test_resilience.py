@@ -168,13 +168,14 @@ def test_a_resumed_bf16_run_keeps_the_float32_layers_its_config_recorded(tmp_pat
             in " ".join(result.stderr.split())), result.stderr[-2000:]
     assert read_epochs(out_dir) == [0]
 
-    # Likewise a bias method this code does not know.
-    config_path.write_text(json.dumps({**config, "bias_method": "bf16"}))
-    result = run_script("train.py", *arguments)
-    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert "records bias_method='bf16', which this code does not know" in " ".join(
-        result.stderr.split()), result.stderr[-2000:]
-    assert read_epochs(out_dir) == [0]
+    # Likewise a bias method this code does not know, or a value that is no name at all.
+    for recorded in ("bf16", []):
+        config_path.write_text(json.dumps({**config, "bias_method": recorded}))
+        result = run_script("train.py", *arguments)
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert f"records bias_method={recorded!r}, which this code does not know" in " ".join(
+            result.stderr.split()), result.stderr[-2000:]
+        assert read_epochs(out_dir) == [0]
 
     # A run started before bias_method was recorded added its biases in float32: it resumes so.
     older_split = sorted(config["float32_layers"] + ["decoder/dense_unflatten"])
