@@ -69,16 +69,18 @@ def test_the_speed_benchmark_refuses_a_misspelt_or_contradictory_variant_before_
     # Unrefused, "+f32dens" would time plain mixed_bfloat16 under a name that says otherwise, and
     # "+bf16dense+f32dense" would time whichever of the two make_project_model applies last,
     # "float32+bf16dense" plain float32, and "+bf16convbias+bf16bias" or "+f32bias+bf16bias"
-    # plain +bf16bias.
+    # plain +bf16bias, and "mixed_float16+f32bias" plain mixed_float16.
     result = run_for_help("benchmarks/train_speed.py",
                           "--variants=float32,mixed_bfloat16+f32dens,bfloat16,mixed_bfloat16+xla,"
                           "mixed_bfloat16+bf16dense+f32dense,auto,float32+xla,float32+bf16dense,"
                           "mixed_bfloat16+bf16convbias,mixed_bfloat16+bf16convbias+bf16bias,"
-                          "mixed_bfloat16+f32bias,mixed_bfloat16+f32bias+bf16bias,float32+f32bias")
+                          "mixed_bfloat16+f32bias,mixed_bfloat16+f32bias+bf16bias,float32+f32bias,"
+                          "mixed_float16+f32bias")
     assert result.stderr.strip().splitlines()[-1] == "exit 2 heavy []", result.stderr[-2000:]
     assert ("mixed_bfloat16+f32dens, bfloat16, mixed_bfloat16+bf16dense+f32dense, auto, "
             "float32+bf16dense, mixed_bfloat16+bf16convbias+bf16bias, "
-            "mixed_bfloat16+f32bias+bf16bias, float32+f32bias: not a variant"
+            "mixed_bfloat16+f32bias+bf16bias, float32+f32bias, mixed_float16+f32bias: "
+            "not a variant"
             ) in " ".join(result.stderr.split())
 
 
